@@ -1,0 +1,46 @@
+# Everything a fresh machine needs, from Python 3.11 and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+export HOST PORT
+
+.PHONY: run dev test lint init-db clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python setup.py setup.cfg
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+## run: serve the API with Gunicorn on http://$(HOST):$(PORT)
+run: $(VENV)/.installed
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+## dev: Flask's debug server with reloading, on the same address
+dev: $(VENV)/.installed
+	$(BIN)/flask --app sessions_app init-db
+	$(BIN)/flask --app sessions_app run --debug --host $(HOST) --port $(PORT)
+
+## init-db: create the tables in DATABASE_URL's database
+init-db: $(VENV)/.installed
+	$(BIN)/flask --app sessions_app init-db
+
+## test: the whole suite (SQLite; PostgreSQL too when TEST_DATABASE_URL is set)
+test: $(VENV)/.installed-test
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## lint: ruff over the code and the tests
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check sessions_app tests wsgi.py gunicorn.conf.py
+	$(BIN)/ruff format --check sessions_app tests wsgi.py gunicorn.conf.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .coverage *.egg-info

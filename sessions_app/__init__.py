@@ -1,0 +1,22 @@
+"""Session API: create, find, steer and message AI-agent sessions."""
+
+from flask import Flask
+
+from . import config, db, errors, health, views
+from .jsonio import OrjsonProvider
+
+
+class SessionsFlask(Flask):
+    json_provider_class = OrjsonProvider
+
+
+def create_app(mapping=None):
+    """Build the app: defaults, then the environment, then ``mapping``."""
+    app = SessionsFlask(__name__)
+    app.config.from_mapping(config.load(mapping))
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
+    db.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(views.bp)
+    app.register_blueprint(health.bp)
+    return app

@@ -1,0 +1,44 @@
+"""Configuration: defaults in code, then the environment, then a mapping.
+
+Every setting is read when the app is created, never at import time.  Each
+name below is both an ``app.config`` key and the environment variable that
+sets it.
+"""
+
+import os
+
+#: name -> (default, type); README.rst lists the same names in one table.
+SETTINGS = {
+    "DATABASE_URL": ("sqlite:///var/sessions.sqlite3", str),
+    "DATABASE_POOL_SIZE": (8, int),
+    "DATABASE_POOL_TIMEOUT": (10, int),
+    "SQLITE_BUSY_TIMEOUT_MS": (10_000, int),
+    "MAX_BODY_BYTES": (1_048_576, int),
+    "RETRY_AFTER_SECONDS": (2, int),
+}
+
+
+def from_environ(environ=None):
+    """Return the settings found in ``environ``, converted to their types."""
+    environ = os.environ if environ is None else environ
+    found = {}
+    for name, (_default, kind) in SETTINGS.items():
+        if name in environ:
+            try:
+                found[name] = kind(environ[name])
+            except ValueError:
+                raise ValueError(
+                    f"{name}={environ[name]!r} is not a valid {kind.__name__}"
+                ) from None
+    return found
+
+
+def load(mapping=None, environ=None):
+    """Return the whole configuration: defaults, environment, then ``mapping``."""
+    config = {name: default for name, (default, _kind) in SETTINGS.items()}
+    config.update(from_environ(environ))
+    config.update(mapping or {})
+    for name in ("DATABASE_POOL_SIZE", "MAX_BODY_BYTES", "SQLITE_BUSY_TIMEOUT_MS"):
+        if config[name] < 1:
+            raise ValueError(f"{name} must be at least 1, not {config[name]}")
+    return config

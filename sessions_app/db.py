@@ -1,0 +1,101 @@
+"""The database: one proxy, bound when the app is created, pooled per worker.
+
+SQLite and PostgreSQL are both used through peewee's connection pools, so a
+request takes an open connection (pragmas already set) instead of opening
+one; ``teardown_request`` gives it back even when the view raised.
+"""
+
+import logging
+import os
+from urllib.parse import urlparse
+
+import click
+from peewee import DatabaseProxy, PostgresqlDatabase
+from playhouse.db_url import parse as parse_url
+from playhouse.pool import PooledSqliteDatabase
+from playhouse.postgres_ext import PooledPsycopg3Database
+
+logger = logging.getLogger(__name__)
+
+database = DatabaseProxy()
+
+# Any number for pg_advisory_xact_lock, as long as it is the same everywhere.
+_SCHEMA_LOCK_KEY = 0x5E5510
+
+
+def make_database(config):
+    """Build the pooled database named by ``config["DATABASE_URL"]``."""
+    url = config["DATABASE_URL"]
+    scheme = urlparse(url).scheme
+    pool = {
+        "max_connections": config["DATABASE_POOL_SIZE"],
+        "timeout": config["DATABASE_POOL_TIMEOUT"],
+        "autoconnect": False,
+    }
+    if scheme == "sqlite":
+        path = parse_url(url)["database"]
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # BEGIN IMMEDIATE takes the write lock at the start of a transaction,
+        # so writers in other processes wait on busy_timeout instead of
+        # failing with "database is locked" when they upgrade a read lock.
+        return PooledSqliteDatabase(
+            path,
+            lock_type="IMMEDIATE",
+            check_same_thread=False,
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "normal",
+                "foreign_keys": 1,
+                "busy_timeout": config["SQLITE_BUSY_TIMEOUT_MS"],
+            },
+            **pool,
+        )
+    if scheme in ("postgres", "postgresql"):
+        return PooledPsycopg3Database(**parse_url(url, unquote_password=True), **pool)
+    raise ValueError(
+        f"DATABASE_URL must start with sqlite://, postgres:// or postgresql://, not {scheme}://"
+    )
+
+
+def init_app(app):
+    """Bind the database to ``app``'s configuration and hook it into requests."""
+    database.initialize(make_database(app.config))
+    app.before_request(_connect)
+    app.teardown_request(_close)
+    app.cli.add_command(init_db_command)
+
+
+def _connect():
+    database.connect(reuse_if_open=True)
+
+
+def _close(exc):
+    if not database.is_closed():
+        database.close()
+
+
+def init_db():
+    """Create the tables and indexes that are missing; safe to run at any time."""
+    from .models import MODELS
+
+    with database.connection_context(), database.atomic():
+        if isinstance(database.obj, PostgresqlDatabase):
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+        database.create_tables(MODELS, safe=True)
+    logger.info("Database ready: %s", describe(database.obj))
+
+
+def describe(db):
+    """Name a database for logs without its password."""
+    if isinstance(db, PooledSqliteDatabase):
+        return f"sqlite {db.database}"
+    params = db.connect_params
+    return f"postgresql {params.get('host', 'localhost')}:{params.get('port', 5432)}/{db.database}"
+
+
+@click.command("init-db")
+def init_db_command():
+    """Create the database tables if they do not exist."""
+    init_db()
+    click.echo(f"Initialised {describe(database.obj)}.")

@@ -1,0 +1,109 @@
+"""Every error as an RFC 9457 problem document (application/problem+json).
+
+HTTP errors keep the response Werkzeug built for them (so a 405 keeps its
+``Allow`` header) and get a problem body instead of HTML.  What went wrong
+inside the service goes to the log, never into a body.
+"""
+
+import logging
+
+from marshmallow import ValidationError
+from peewee import InterfaceError, OperationalError
+from playhouse.pool import MaxConnectionsExceeded
+from werkzeug.exceptions import (
+    BadRequest,
+    Conflict,
+    HTTPException,
+    InternalServerError,
+    NotFound,
+    ServiceUnavailable,
+    UnprocessableEntity,
+)
+from werkzeug.http import HTTP_STATUS_CODES
+
+from . import jsonio
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MIMETYPE = "application/problem+json"
+
+
+class SessionNotFound(NotFound):
+    def __init__(self, session_id):
+        super().__init__(f"No session has the id {session_id!r}.")
+
+
+class StatusConflict(Conflict):
+    def __init__(self, current, new=None, message=False):
+        if message:
+            detail = f"The session is {current}, and a {current} session takes no messages."
+        else:
+            detail = f"The session is {current} and cannot move to {new}."
+        super().__init__(detail)
+
+
+class InvalidBody(BadRequest):
+    """The body is not JSON, or not a JSON object."""
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    description = "The database cannot be reached right now; retry the request later."
+
+
+def problem_body(status, detail, **extra):
+    """Return the problem document for ``status``, titled with its reason phrase."""
+    return {"type": "about:blank", "title": HTTP_STATUS_CODES[status], "status": status,
+            "detail": detail, **extra}
+
+
+def handle_http_exception(exc, **extra):
+    """Turn a Werkzeug HTTP error into a problem document, keeping its headers."""
+    response = exc.get_response()
+    response.set_data(jsonio.dumps(problem_body(exc.code, exc.description, **extra)))
+    response.mimetype = PROBLEM_MIMETYPE
+    return response
+
+
+def handle_validation_error(exc):
+    """Answer 422 naming every bad field."""
+    return handle_http_exception(
+        UnprocessableEntity("The request has invalid fields; see errors."),
+        errors=_string_keys(exc.messages),
+    )
+
+
+def handle_database_error(exc):
+    """Answer 503 with Retry-After when the database cannot be reached or is busy."""
+    from flask import current_app, request
+
+    logger.warning("Database unavailable during %s %s: %s", request.method, request.path, exc)
+    response = handle_http_exception(DatabaseUnavailable())
+    response.headers["Retry-After"] = str(current_app.config["RETRY_AFTER_SECONDS"])
+    return response
+
+
+def handle_unexpected_error(exc):
+    """Log an unexpected error and answer a bare 500."""
+    original = getattr(exc, "original_exception", None) or exc
+    logger.error("Unhandled error", exc_info=original)
+    return handle_http_exception(InternalServerError())
+
+
+def _string_keys(messages):
+    # marshmallow keys list items by int index, and an unknown key is named
+    # as sent: make every key a string that JSON can carry.
+    if isinstance(messages, dict):
+        return {
+            str(key).encode("utf-8", "backslashreplace").decode("utf-8"): _string_keys(value)
+            for key, value in messages.items()
+        }
+    return messages
+
+
+def init_app(app):
+    """Register the problem+json handlers on ``app``."""
+    app.register_error_handler(ValidationError, handle_validation_error)
+    for exc_class in (OperationalError, InterfaceError, MaxConnectionsExceeded):
+        app.register_error_handler(exc_class, handle_database_error)
+    app.register_error_handler(InternalServerError, handle_unexpected_error)
+    app.register_error_handler(HTTPException, handle_http_exception)

@@ -1,0 +1,109 @@
+"""Marshmallow fields for what this API accepts: storable text and JSON."""
+
+import math
+import re
+
+from marshmallow import ValidationError, fields
+
+from .timefmt import format_us
+
+#: How deep ``data`` may nest; deeper documents are refused, not truncated.
+MAX_JSON_DEPTH = 100
+_INT64 = (-(2**63), 2**63 - 1)
+BAD_TEXT = "Must not contain NUL (U+0000) or unpaired surrogate characters."
+
+
+def is_storable_text(text):
+    """Tell whether every database can store ``text`` unchanged."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def json_problem(value):
+    """Return why a JSON value cannot be stored, or None when it can."""
+    stack = [(value, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth >= MAX_JSON_DEPTH:
+                return f"Nested more than {MAX_JSON_DEPTH} levels deep."
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, item in items:
+                if isinstance(key, str) and not is_storable_text(key):
+                    return f"A key in {path or '/'}: {BAD_TEXT}"
+                stack.append((item, f"{path}/{key}", depth + 1))
+        elif isinstance(node, str):
+            if not is_storable_text(node):
+                return f"At {path}: {BAD_TEXT}"
+        elif isinstance(node, bool) or node is None:
+            continue
+        elif isinstance(node, int):
+            if not _INT64[0] <= node <= _INT64[1]:
+                return f"At {path}: integers must fit in 64 bits."
+        elif isinstance(node, float) and not math.isfinite(node):
+            return f"At {path}: numbers must be finite."
+    return None
+
+
+class Text(fields.String):
+    """A string that every database can store exactly as sent."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not is_storable_text(text):
+            raise ValidationError(BAD_TEXT)
+        return text
+
+
+class JSONObject(fields.Dict):
+    """A free-form JSON object that every database can store unchanged."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        obj = super()._deserialize(value, attr, data, **kwargs)
+        problem = json_problem(obj)
+        if problem:
+            raise ValidationError(problem)
+        return obj
+
+
+class QueryInt(fields.Integer):
+    """An integer from a query string: decimal digits only."""
+
+    _digits = re.compile(r"[0-9]{1,9}").fullmatch
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and not self._digits(value):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class CommaList(fields.String):
+    """Comma-separated choices, returned as a tuple without repeats."""
+
+    def __init__(self, choices, **kwargs):
+        super().__init__(**kwargs)
+        self.choices = tuple(choices)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        items = super()._deserialize(value, attr, data, **kwargs).split(",")
+        bad = [item for item in items if item not in self.choices]
+        if bad:
+            raise ValidationError(
+                f"Must be one or more of {', '.join(self.choices)}, separated by "
+                f"commas; {bad[0]!r} is not one."
+            )
+        return tuple(dict.fromkeys(items))
+
+
+class Timestamp(fields.Field):
+    """Epoch microseconds, written as RFC 3339 UTC with a trailing Z."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else format_us(value)

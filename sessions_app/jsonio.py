@@ -1,0 +1,64 @@
+"""JSON in and out: strict parsing of request bodies, orjson for responses."""
+
+import json
+
+import orjson
+from flask.json.provider import JSONProvider
+
+
+class BodyError(ValueError):
+    """The request body is not a JSON document."""
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def parse_body(raw):
+    """Parse a UTF-8 JSON document, raising ``BodyError`` with the reason.
+
+    The standard library parser keeps integers of any size exactly (orjson
+    would turn large ones into floats), so the schemas can reject what cannot
+    be stored instead of silently changing it.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError("The body is not valid UTF-8.") from None
+    try:
+        return _decoder.decode(text)
+    except RecursionError:
+        raise BodyError("The body is nested too deeply.") from None
+    except ValueError as exc:
+        raise BodyError(f"The body is not valid JSON: {exc}.") from None
+
+
+def dumps(obj):
+    """Serialize ``obj`` to compact JSON bytes."""
+    return orjson.dumps(obj)
+
+
+def canonical(obj):
+    """Serialize ``obj`` with sorted keys, so equal documents give equal bytes."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+class OrjsonProvider(JSONProvider):
+    """Flask's JSON provider backed by orjson."""
+
+    mimetype = "application/json"
+
+    def dumps(self, obj, **kwargs):
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
+
+    def loads(self, s, **kwargs):
+        return orjson.loads(s)
+
+    def response(self, *args, **kwargs):
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(
+            orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS), mimetype=self.mimetype
+        )

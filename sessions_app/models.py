@@ -1,0 +1,228 @@
+"""Sessions and their messages, and the writes that own their transactions."""
+
+import logging
+
+from peewee import (
+    BigIntegerField,
+    Case,
+    CharField,
+    CompositeKey,
+    ForeignKeyField,
+    IntegerField,
+    JSONField,
+    Model,
+    TextField,
+)
+
+from . import jsonio
+from .db import database
+from .errors import SessionNotFound, StatusConflict
+from .ids import new_message_id, new_session_id
+from .merge_patch import merge_patch
+from .states import ACTIVE, CREATED, FINAL_STATUSES, MESSAGE_STATUS, can_move
+from .timefmt import now_us
+
+logger = logging.getLogger(__name__)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+
+
+class Session(BaseModel):
+    """An agent's session.
+
+    Ids are time-ordered, so the primary key is also the creation order; each
+    list filter has an index ending in ``id`` so that a page is one range scan.
+    """
+
+    id = CharField(primary_key=True, max_length=40)
+    agent_id = CharField(max_length=255)
+    task_id = CharField(max_length=255, null=True)
+    status = CharField(max_length=16)
+    prompt = TextField(null=True)
+    data = JSONField(dumps=lambda obj: jsonio.dumps(obj).decode())
+    created_at = BigIntegerField()
+    last_active = BigIntegerField()
+    message_count = IntegerField()
+
+    class Meta:
+        table_name = "sessions"
+        indexes = (
+            (("agent_id", "status", "id"), False),
+            (("agent_id", "id"), False),
+            (("task_id", "id"), False),
+            (("status", "id"), False),
+        )
+
+    @classmethod
+    def open(cls, agent_id, task_id=None, prompt=None, data=None):
+        """Store a new session and return it as a dict."""
+        now = now_us()
+        row = {
+            "id": new_session_id(now),
+            "agent_id": agent_id,
+            "task_id": task_id,
+            "status": CREATED,
+            "prompt": prompt,
+            "data": {} if data is None else data,
+            "created_at": now,
+            "last_active": now,
+            "message_count": 0,
+        }
+        cls.insert(row).execute()
+        logger.info("Created session %s for agent %s", row["id"], agent_id)
+        return row
+
+    @classmethod
+    def fetch(cls, session_id):
+        """Return the session as a dict, or raise ``SessionNotFound``."""
+        row = cls.select().where(cls.id == session_id).dicts().first()
+        if row is None:
+            raise SessionNotFound(session_id)
+        return row
+
+    @classmethod
+    def page(cls, limit, cursor=None, agent_id=None, task_id=None, status=None):
+        """Return up to ``limit + 1`` summaries, newest first, after ``cursor``."""
+        fields = (cls.id, cls.agent_id, cls.task_id, cls.status,
+                  cls.created_at, cls.last_active, cls.message_count)
+        query = cls.select(*fields)
+        for field, value in ((cls.agent_id, agent_id), (cls.task_id, task_id), (cls.id, cursor)):
+            if value is not None:
+                query = query.where(field < value if field is cls.id else field == value)
+        if status and len(status) > 1:
+            # One range scan per status on (…, status, id), merged; an IN
+            # list would read every matching row and sort them all.
+            parts = [query.where(cls.status == s).order_by(cls.id.desc()).limit(limit + 1)
+                     for s in status]
+            union = parts[0]
+            for part in parts[1:]:
+                union = union + part
+            return list(union.order_by(cls.id.desc()).limit(limit + 1).dicts())
+        if status:
+            query = query.where(cls.status == status[0])
+        return list(query.order_by(cls.id.desc()).limit(limit + 1).dicts())
+
+    @classmethod
+    def change(cls, session_id, patch):
+        """Apply a validated PATCH body and return the session after it.
+
+        The row is locked while the new values are worked out, so concurrent
+        PATCHes of one session apply one after the other.  Only a change of a
+        stored value moves ``last_active``.
+        """
+        with database.atomic():
+            query = cls.select().where(cls.id == session_id)
+            if database.for_update:
+                query = query.for_update()
+            row = query.dicts().first()
+            if row is None:
+                raise SessionNotFound(session_id)
+            changes = _changes(row, patch)
+            if changes:
+                changes["last_active"] = now_us()
+                cls.update(changes).where(cls.id == session_id).execute()
+                row.update(changes)
+        if changes:
+            logger.info("Updated session %s: %s", session_id, ", ".join(sorted(changes)))
+        return row
+
+    @classmethod
+    def remove(cls, session_id):
+        """Delete the session and its messages, or raise ``SessionNotFound``."""
+        deleted = list(
+            cls.delete().where(cls.id == session_id).returning(cls.message_count).tuples().execute()
+        )
+        if not deleted:
+            raise SessionNotFound(session_id)
+        logger.info("Deleted session %s (%d messages)", session_id, deleted[0][0])
+
+
+def _changes(row, patch):
+    """Return the stored values ``patch`` would change, checking the status move."""
+    changes = {}
+    status = patch.get("status", row["status"])
+    if status != row["status"]:
+        if not can_move(row["status"], status):
+            raise StatusConflict(row["status"], status)
+        changes["status"] = status
+    if "data" in patch:
+        data = merge_patch(row["data"], patch["data"])
+        if jsonio.canonical(data) != jsonio.canonical(row["data"]):
+            changes["data"] = data
+    if "prompt" in patch and patch["prompt"] != row["prompt"]:
+        changes["prompt"] = patch["prompt"]
+    return changes
+
+
+class Message(BaseModel):
+    """A message sent to a session.
+
+    ``seq`` numbers a session's messages from 1; it is the session's
+    ``message_count`` just after the increment, so the primary key
+    ``(session_id, seq)`` orders them exactly and a page is one range scan.
+    """
+
+    session = ForeignKeyField(Session, column_name="session_id", on_delete="CASCADE")
+    seq = IntegerField()
+    message_id = CharField(max_length=40)
+    role = CharField(max_length=16)
+    content = TextField()
+    timestamp = BigIntegerField()
+
+    class Meta:
+        table_name = "messages"
+        primary_key = CompositeKey("session", "seq")
+
+    @classmethod
+    def send(cls, session_id, content, role):
+        """Store a message and count it on its session, in one transaction."""
+        with database.atomic():
+            now = now_us()
+            counted = list(
+                Session.update(
+                    message_count=Session.message_count + 1,
+                    last_active=now,
+                    status=Case(None, [(Session.status == CREATED, ACTIVE)], Session.status),
+                )
+                .where((Session.id == session_id) & Session.status.not_in(FINAL_STATUSES))
+                .returning(Session.message_count)
+                .tuples()
+                .execute()
+            )
+            if not counted:
+                _refuse_message(session_id)
+            message_id = new_message_id(now)
+            cls.insert(
+                session=session_id, seq=counted[0][0], message_id=message_id,
+                role=role, content=content, timestamp=now,
+            ).execute()
+        return {"message_id": message_id, "session_id": session_id,
+                "status": MESSAGE_STATUS, "timestamp": now}
+
+    @classmethod
+    def page(cls, session_id, limit, after=0):
+        """Return up to ``limit + 1`` messages of a session, oldest first."""
+        rows = list(
+            cls.select(cls.message_id, cls.session.alias("session_id"), cls.role,
+                       cls.content, cls.seq, cls.timestamp)
+            .where((cls.session == session_id) & (cls.seq > after))
+            .order_by(cls.seq)
+            .limit(limit + 1)
+            .dicts()
+        )
+        if not rows and not Session.select().where(Session.id == session_id).exists():
+            raise SessionNotFound(session_id)
+        return rows
+
+
+def _refuse_message(session_id):
+    status = Session.select(Session.status).where(Session.id == session_id).scalar()
+    if status is None:
+        raise SessionNotFound(session_id)
+    raise StatusConflict(status, message=True)
+
+
+MODELS = (Session, Message)

@@ -1,0 +1,35 @@
+"""Reading a request's JSON body and query string through a schema."""
+
+from flask import request
+from marshmallow import ValidationError
+from werkzeug.exceptions import UnsupportedMediaType
+
+from .errors import InvalidBody
+from .jsonio import BodyError, parse_body
+
+
+def load_json(schema):
+    """Load the request's JSON object body with ``schema``.
+
+    415 unless the body is sent as ``application/json``; 400 unless it is a
+    JSON object; 422 (``ValidationError``) for invalid or unknown fields.
+    """
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("Send the body as JSON, with Content-Type: application/json.")
+    try:
+        body = parse_body(request.get_data(cache=False))
+    except BodyError as exc:
+        raise InvalidBody(str(exc)) from None
+    if not isinstance(body, dict):
+        raise InvalidBody("The body must be a JSON object.")
+    return schema.load(body)
+
+
+def load_query(schema):
+    """Load the query string with ``schema``; a parameter given twice is a 422."""
+    repeated = {
+        name: ["Given more than once."] for name, values in request.args.lists() if len(values) > 1
+    }
+    if repeated:
+        raise ValidationError(repeated)
+    return schema.load(request.args.to_dict())

@@ -1,0 +1,110 @@
+"""Marshmallow schemas: what each endpoint accepts (In) and returns (Out).
+
+Every In schema rejects unknown keys (marshmallow's default, RAISE).
+"""
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from . import states
+from .fields import CommaList, JSONObject, QueryInt, Text, Timestamp
+from .ids import SESSION_ID_PATTERN
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+_limit = {"load_default": DEFAULT_LIMIT, "validate": validate.Range(1, MAX_LIMIT)}
+_name = {"validate": validate.Length(1, 255)}
+_not_issued = "Not a cursor this service issued."
+
+
+def _not_blank(value):
+    if not value.strip():
+        raise ValidationError("Must contain a non-whitespace character.")
+
+
+# -- In ---------------------------------------------------------------------
+
+class SessionCreateSchema(Schema):
+    agent_id = Text(required=True, validate=[validate.Length(1, 255), _not_blank])
+    task_id = Text(allow_none=True, validate=validate.Length(max=255))
+    prompt = Text(allow_none=True)
+    data = JSONObject(keys=fields.String())
+
+
+class SessionUpdateSchema(Schema):
+    status = fields.String(validate=validate.OneOf(states.STATUSES))
+    data = JSONObject(keys=fields.String())
+    prompt = Text(allow_none=True)
+
+
+class SessionListQuerySchema(Schema):
+    agent_id = Text(**_name)
+    task_id = Text(**_name)
+    status = CommaList(states.STATUSES)
+    limit = QueryInt(**_limit)
+    cursor = Text(validate=validate.Regexp(f"^{SESSION_ID_PATTERN}$", error=_not_issued))
+
+
+class MessageCreateSchema(Schema):
+    content = Text(required=True, validate=_not_blank)
+    role = fields.String(load_default=states.DEFAULT_ROLE, validate=validate.OneOf(states.ROLES))
+
+
+class MessageListQuerySchema(Schema):
+    limit = QueryInt(**_limit)
+    cursor = QueryInt(validate=validate.Range(1, 2**31 - 1, error=_not_issued))
+
+
+class NoQuerySchema(Schema):
+    """For endpoints that take no query parameters: any parameter is unknown."""
+
+
+# -- Out --------------------------------------------------------------------
+
+class SessionSummarySchema(Schema):
+    id = fields.String()
+    agent_id = fields.String()
+    task_id = fields.String(allow_none=True)
+    status = fields.String()
+    created_at = Timestamp()
+    last_active = Timestamp()
+    message_count = fields.Integer()
+
+
+class SessionSchema(SessionSummarySchema):
+    prompt = fields.String(allow_none=True)
+    data = fields.Dict()
+
+
+class SessionListSchema(Schema):
+    sessions = fields.List(fields.Nested(SessionSummarySchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class MessageReceiptSchema(Schema):
+    message_id = fields.String()
+    session_id = fields.String()
+    status = fields.Constant(states.MESSAGE_STATUS)
+    timestamp = Timestamp()
+
+
+class MessageSchema(MessageReceiptSchema):
+    role = fields.String()
+    content = fields.String()
+
+
+class MessageListSchema(Schema):
+    messages = fields.List(fields.Nested(MessageSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+session_create_schema = SessionCreateSchema()
+session_update_schema = SessionUpdateSchema()
+session_list_query_schema = SessionListQuerySchema()
+message_create_schema = MessageCreateSchema()
+message_list_query_schema = MessageListQuerySchema()
+no_query_schema = NoQuerySchema()
+
+session_schema = SessionSchema()
+session_list_schema = SessionListSchema()
+message_receipt_schema = MessageReceiptSchema()
+message_list_schema = MessageListSchema()

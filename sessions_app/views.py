@@ -1,0 +1,86 @@
+"""The session endpoints: one blueprint, each view load → act → dump."""
+
+from flask import Blueprint, url_for
+from werkzeug.routing import BaseConverter
+
+from .ids import SESSION_ID_PATTERN
+from .models import Message, Session
+from .paging import cut_page
+from .parsing import load_json, load_query
+from .schemas import (
+    message_create_schema,
+    message_list_query_schema,
+    message_list_schema,
+    message_receipt_schema,
+    no_query_schema,
+    session_create_schema,
+    session_list_query_schema,
+    session_list_schema,
+    session_schema,
+    session_update_schema,
+)
+
+bp = Blueprint("sessions", __name__, url_prefix="/api")
+
+
+class SessionIdConverter(BaseConverter):
+    """Match only well-formed session ids, so any other path is a plain 404."""
+
+    regex = SESSION_ID_PATTERN
+
+
+@bp.record_once
+def _add_converter(state):
+    state.app.url_map.converters["session_id"] = SessionIdConverter
+
+
+@bp.get("/sessions")
+def list_sessions():
+    query = load_query(session_list_query_schema)
+    rows = Session.page(**query)
+    sessions, next_cursor = cut_page(rows, query["limit"], lambda row: row["id"])
+    return session_list_schema.dump({"sessions": sessions, "next_cursor": next_cursor})
+
+
+@bp.post("/sessions")
+def create_session():
+    load_query(no_query_schema)
+    session = Session.open(**load_json(session_create_schema))
+    location = url_for(".get_session", session_id=session["id"])
+    return session_schema.dump(session), 201, {"Location": location}
+
+
+@bp.get("/sessions/<session_id:session_id>")
+def get_session(session_id):
+    load_query(no_query_schema)
+    return session_schema.dump(Session.fetch(session_id))
+
+
+@bp.patch("/sessions/<session_id:session_id>")
+def update_session(session_id):
+    load_query(no_query_schema)
+    patch = load_json(session_update_schema)
+    return session_schema.dump(Session.change(session_id, patch))
+
+
+@bp.delete("/sessions/<session_id:session_id>")
+def delete_session(session_id):
+    load_query(no_query_schema)
+    Session.remove(session_id)
+    return "", 204
+
+
+@bp.post("/sessions/<session_id:session_id>/message")
+@bp.post("/sessions/<session_id:session_id>/messages")
+def send_message(session_id):
+    load_query(no_query_schema)
+    message = Message.send(session_id, **load_json(message_create_schema))
+    return message_receipt_schema.dump(message), 201
+
+
+@bp.get("/sessions/<session_id:session_id>/messages")
+def list_messages(session_id):
+    query = load_query(message_list_query_schema)
+    rows = Message.page(session_id, query["limit"], query.get("cursor", 0))
+    messages, next_cursor = cut_page(rows, query["limit"], lambda row: str(row["seq"]))
+    return message_list_schema.dump({"messages": messages, "next_cursor": next_cursor})

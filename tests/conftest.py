@@ -1,0 +1,119 @@
+"""Fixtures: an app per test on a fresh database, SQLite always and
+PostgreSQL too when TEST_DATABASE_URL is set."""
+
+import logging
+import os
+from contextlib import contextmanager
+
+import pytest
+
+from sessions_app import create_app, db
+
+BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request, tmp_path):
+    """A database URL on an empty database: a temp-file SQLite or the test PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/sessions.sqlite3"
+    return os.environ["TEST_DATABASE_URL"]
+
+
+@pytest.fixture
+def app(database_url):
+    app = create_app({"TESTING": True, "DATABASE_URL": database_url})
+    db.init_db()
+    if database_url.startswith("postgres"):
+        with db.database.connection_context():
+            db.database.execute_sql("TRUNCATE messages, sessions")
+    yield app
+    db.database.close_all()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class Api:
+    """Common calls to the API, each checking the status it expects."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def create(self, expect=201, **body):
+        body.setdefault("agent_id", "CLAUDE_CODE")
+        response = self.client.post("/api/sessions", json=body)
+        assert response.status_code == expect, response.get_json()
+        return response.get_json()
+
+    def get(self, session_id, expect=200):
+        response = self.client.get(f"/api/sessions/{session_id}")
+        assert response.status_code == expect, response.get_json()
+        return response.get_json()
+
+    def patch(self, session_id, expect=200, **body):
+        response = self.client.patch(f"/api/sessions/{session_id}", json=body)
+        assert response.status_code == expect, response.get_json()
+        return response.get_json()
+
+    def delete(self, session_id, expect=204):
+        response = self.client.delete(f"/api/sessions/{session_id}")
+        assert response.status_code == expect, response.get_json()
+
+    def send(self, session_id, content="hello", expect=201, **body):
+        response = self.client.post(
+            f"/api/sessions/{session_id}/message", json={"content": content, **body}
+        )
+        assert response.status_code == expect, response.get_json()
+        return response.get_json()
+
+    def list(self, expect=200, **params):
+        response = self.client.get("/api/sessions", query_string=params)
+        assert response.status_code == expect, response.get_json()
+        return response.get_json()
+
+    def messages(self, session_id, expect=200, **params):
+        response = self.client.get(f"/api/sessions/{session_id}/messages", query_string=params)
+        assert response.status_code == expect, response.get_json()
+        return response.get_json()
+
+
+@pytest.fixture
+def api(client):
+    return Api(client)
+
+
+class QueryCounter(logging.Handler):
+    """Counts the SQL statements peewee runs (it logs each at DEBUG)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.statements = []
+
+    def emit(self, record):
+        self.statements.append(record.getMessage())
+
+    def __len__(self):
+        return len(self.statements)
+
+
+@pytest.fixture
+def count_queries():
+    """``with count_queries() as counted: ...``; ``len(counted)`` is the number run."""
+
+    @contextmanager
+    def counting():
+        logger = logging.getLogger("peewee")
+        counter = QueryCounter()
+        level = logger.level
+        logger.addHandler(counter)
+        logger.setLevel(logging.DEBUG)
+        try:
+            yield counter
+        finally:
+            logger.removeHandler(counter)
+            logger.setLevel(level)
+
+    return counting
