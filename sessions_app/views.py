@@ -1,6 +1,6 @@
 """The session endpoints: one blueprint, each view load → act → dump."""
 
-from flask import Blueprint, url_for
+from flask import Blueprint, current_app, url_for
 from werkzeug.routing import BaseConverter
 
 from .ids import SESSION_ID_PATTERN
@@ -67,7 +67,7 @@ def update_session(session_id):
 def delete_session(session_id):
     load_query(no_query_schema)
     Session.remove(session_id)
-    return "", 204
+    return _no_content()
 
 
 @bp.post("/sessions/<session_id:session_id>/message")
@@ -76,6 +76,12 @@ def send_message(session_id):
     load_query(no_query_schema)
     message = Message.send(session_id, **load_json(message_create_schema))
     return message_receipt_schema.dump(message), 201
+
+
+def _no_content():
+    response = current_app.response_class(status=204)
+    del response.headers["Content-Type"]
+    return response
 
 
 @bp.get("/sessions/<session_id:session_id>/messages")
