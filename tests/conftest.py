@@ -93,7 +93,9 @@ class QueryCounter(logging.Handler):
         self.statements = []
 
     def emit(self, record):
-        self.statements.append(record.getMessage())
+        # Children such as "peewee.pool" log connection bookkeeping, not SQL.
+        if record.name == "peewee":
+            self.statements.append(record.getMessage())
 
     def __len__(self):
         return len(self.statements)

@@ -1,0 +1,76 @@
+"""Each request costs a fixed number of SQL statements, whatever the page size."""
+
+import pytest
+
+PAGE_SIZES = (1, 10, 100)
+
+
+def statement_kinds(counted):
+    """Name each counted statement by its first word (SELECT, UPDATE ...)."""
+    return [text.lstrip("('\"").split(maxsplit=1)[0].upper() for text in counted.statements]
+
+
+@pytest.fixture
+def sessions(api):
+    """101 sessions of two agents, in several statuses, so every page of 100 is full."""
+    created = []
+    for n in range(101):
+        session = api.create(agent_id="a" if n % 2 else "b", task_id="t")
+        if n % 3:
+            api.patch(session["id"], status="active" if n % 3 == 1 else "paused")
+        created.append(session)
+    return created
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"agent_id": "a"},
+        {"task_id": "t"},
+        {"status": "active"},
+        {"agent_id": "a", "status": "paused"},
+        {"status": "created,active,paused"},
+    ],
+    ids=lambda filters: ",".join(filters) or "none",
+)
+def test_session_list_costs_one_query_whatever_its_length(
+    api, client, count_queries, sessions, filters
+):
+    counts = {}
+    for limit in PAGE_SIZES:
+        first = api.list(limit=limit, **filters)
+        with count_queries() as counted:
+            page = api.list(limit=limit, cursor=first["next_cursor"], **filters)
+        assert page["sessions"], "the page must hold rows for the count to mean anything"
+        counts[limit] = len(counted)
+    assert counts == dict.fromkeys(PAGE_SIZES, 1)
+
+
+def test_message_list_costs_one_query_whatever_its_length(api, count_queries):
+    session = api.create()
+    for n in range(201):
+        api.send(session["id"], f"message {n}")
+    counts = {}
+    for limit in PAGE_SIZES:
+        first = api.messages(session["id"], limit=limit)
+        with count_queries() as counted:
+            page = api.messages(session["id"], limit=limit, cursor=first["next_cursor"])
+        assert len(page["messages"]) == limit
+        counts[limit] = len(counted)
+    assert counts == dict.fromkeys(PAGE_SIZES, 1)
+
+
+def test_get_session_is_one_query(api, count_queries):
+    session = api.create()
+    with count_queries() as counted:
+        api.get(session["id"])
+    assert statement_kinds(counted) == ["SELECT"]
+
+
+def test_message_write_is_two_statements_in_one_transaction(api, count_queries):
+    """The count moves and the message is stored by one UPDATE and one INSERT."""
+    session = api.create()
+    with count_queries() as counted:
+        api.send(session["id"])
+    assert statement_kinds(counted) == ["UPDATE", "INSERT"]
