@@ -86,16 +86,21 @@ def api(client):
 
 
 class QueryCounter(logging.Handler):
-    """Counts the SQL statements peewee runs (it logs each at DEBUG)."""
+    """Counts the SQL statements peewee runs (it logs each at DEBUG).
+
+    ``statements`` holds them as text, ``queries`` as ``(sql, params)``.
+    """
 
     def __init__(self):
         super().__init__(logging.DEBUG)
         self.statements = []
+        self.queries = []
 
     def emit(self, record):
         # Children such as "peewee.pool" log connection bookkeeping, not SQL.
         if record.name == "peewee":
             self.statements.append(record.getMessage())
+            self.queries.append(record.msg)
 
     def __len__(self):
         return len(self.statements)
