@@ -3,7 +3,7 @@
 import math
 import re
 
-from marshmallow import ValidationError, fields
+from marshmallow import ValidationError, fields, validate
 
 from .timefmt import format_us
 
@@ -60,6 +60,17 @@ class Text(fields.String):
         if not is_storable_text(text):
             raise ValidationError(BAD_TEXT)
         return text
+
+
+class NotBlank(validate.Validator):
+    """Require at least one character that is not whitespace."""
+
+    error = "Must contain a non-whitespace character."
+
+    def __call__(self, value):
+        if not value.strip():
+            raise ValidationError(self.error)
+        return value
 
 
 class JSONObject(fields.Dict):

@@ -3,11 +3,11 @@
 Every In schema rejects unknown keys (marshmallow's default, RAISE).
 """
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, fields, validate
 
 from . import states
-from .fields import CommaList, JSONObject, QueryInt, Text, Timestamp
-from .ids import SESSION_ID_PATTERN
+from .fields import CommaList, JSONObject, NotBlank, QueryInt, Text, Timestamp
+from .ids import MESSAGE_ID_PATTERN, SESSION_ID_PATTERN
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -16,15 +16,11 @@ _name = {"validate": validate.Length(1, 255)}
 _not_issued = "Not a cursor this service issued."
 
 
-def _not_blank(value):
-    if not value.strip():
-        raise ValidationError("Must contain a non-whitespace character.")
-
-
 # -- In ---------------------------------------------------------------------
 
+
 class SessionCreateSchema(Schema):
-    agent_id = Text(required=True, validate=[validate.Length(1, 255), _not_blank])
+    agent_id = Text(required=True, validate=[validate.Length(1, 255), NotBlank()])
     task_id = Text(allow_none=True, validate=validate.Length(max=255))
     prompt = Text(allow_none=True)
     data = JSONObject(keys=fields.String())
@@ -45,7 +41,7 @@ class SessionListQuerySchema(Schema):
 
 
 class MessageCreateSchema(Schema):
-    content = Text(required=True, validate=_not_blank)
+    content = Text(required=True, validate=NotBlank())
     role = fields.String(load_default=states.DEFAULT_ROLE, validate=validate.OneOf(states.ROLES))
 
 
@@ -60,11 +56,16 @@ class NoQuerySchema(Schema):
 
 # -- Out --------------------------------------------------------------------
 
+# Validators on Out fields never run on dump; they tell the API description
+# (sessions_app/openapi.py) which values a response can hold.
+_session_id = {"validate": validate.Regexp(f"^{SESSION_ID_PATTERN}$")}
+
+
 class SessionSummarySchema(Schema):
-    id = fields.String()
+    id = fields.String(**_session_id)
     agent_id = fields.String()
     task_id = fields.String(allow_none=True)
-    status = fields.String()
+    status = fields.String(validate=validate.OneOf(states.STATUSES))
     created_at = Timestamp()
     last_active = Timestamp()
     message_count = fields.Integer()
@@ -81,20 +82,39 @@ class SessionListSchema(Schema):
 
 
 class MessageReceiptSchema(Schema):
-    message_id = fields.String()
-    session_id = fields.String()
+    message_id = fields.String(validate=validate.Regexp(f"^{MESSAGE_ID_PATTERN}$"))
+    session_id = fields.String(**_session_id)
     status = fields.Constant(states.MESSAGE_STATUS)
     timestamp = Timestamp()
 
 
 class MessageSchema(MessageReceiptSchema):
-    role = fields.String()
+    role = fields.String(validate=validate.OneOf(states.ROLES))
     content = fields.String()
 
 
 class MessageListSchema(Schema):
     messages = fields.List(fields.Nested(MessageSchema))
     next_cursor = fields.String(allow_none=True)
+
+
+class HealthSchema(Schema):
+    status = fields.Constant("ok")
+
+
+class ProblemSchema(Schema):
+    """An RFC 9457 problem document: the body of every error."""
+
+    type = fields.String()
+    title = fields.String()
+    status = fields.Integer(validate=validate.Range(400, 599))
+    detail = fields.String()
+
+
+class ValidationProblemSchema(ProblemSchema):
+    """A 422 problem: ``errors`` maps each bad field to its messages."""
+
+    errors = fields.Dict(keys=fields.String(), required=True)
 
 
 session_create_schema = SessionCreateSchema()
