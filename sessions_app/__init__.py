@@ -2,7 +2,7 @@
 
 from flask import Flask
 
-from . import config, db, errors, health, views
+from . import config, db, errors, health, openapi, views
 from .jsonio import OrjsonProvider
 
 
@@ -19,4 +19,5 @@ def create_app(mapping=None):
     errors.init_app(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(health.bp)
+    openapi.init_app(app)  # last: it describes the routes registered above
     return app

@@ -3,7 +3,7 @@
 Every In schema rejects unknown keys (marshmallow's default, RAISE).
 """
 
-from marshmallow import Schema, fields, validate
+from marshmallow import INCLUDE, Schema, fields, validate
 
 from . import states
 from .fields import CommaList, JSONObject, NotBlank, QueryInt, Text, Timestamp
@@ -105,10 +105,14 @@ class HealthSchema(Schema):
 class ProblemSchema(Schema):
     """An RFC 9457 problem document: the body of every error."""
 
-    type = fields.String()
-    title = fields.String()
-    status = fields.Integer(validate=validate.Range(400, 599))
-    detail = fields.String()
+    class Meta:
+        unknown = INCLUDE  # RFC 9457 lets a problem carry extension members
+
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True, validate=validate.Range(400, 599))
+    detail = fields.String(required=True)
+    instance = fields.String()
 
 
 class ValidationProblemSchema(ProblemSchema):

@@ -1,0 +1,414 @@
+"""The API's OpenAPI 3.1 description, generated from the marshmallow schemas.
+
+Each route of the app has an entry in ``OPERATIONS`` saying, in the user's
+words, what it does, which schemas it reads and writes, and which errors it
+can answer; apispec turns the schemas into JSON Schema.  The document is
+built once per app and served at ``/api/openapi.json``; ``/api/docs`` shows
+it with Swagger UI, served from the ``flask-swagger-ui`` package (no CDN).
+"""
+
+import re
+from dataclasses import dataclass, field
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Blueprint, current_app
+from flask_swagger_ui import get_swaggerui_blueprint
+from marshmallow import fields as ma_fields
+
+from . import jsonio, schemas
+from .fields import MAX_JSON_DEPTH, CommaList, JSONObject, NotBlank, Text, Timestamp
+from .ids import SESSION_ID_PATTERN
+from .parsing import load_query
+
+TITLE = "Session API"
+VERSION = "1.0.0"
+DOCUMENT_PATH = "/api/openapi.json"
+DOCS_PATH = "/api/docs"
+
+DESCRIPTION = f"""\
+Create, find, steer and message AI-agent sessions.
+
+Requests and responses are JSON. Bodies of POST and PATCH must be sent with
+`Content-Type: application/json`. Every error is an RFC 9457 problem document
+(`application/problem+json`); a 422 adds `errors`, naming every bad field.
+
+Text (fields, query parameters, and any key or string inside `data`) must not
+contain NUL (U+0000) or unpaired surrogates. `data` may nest at most
+{MAX_JSON_DEPTH} levels deep, and its integers must fit in 64 bits.
+
+An unknown query parameter is a 422 on every `/api` endpoint. A method that a
+path does not support is a 405 with an `Allow` header listing those it does.
+"""
+
+# -- what each route does ---------------------------------------------------
+
+
+@dataclass
+class Operation:
+    """What a route does and what it reads, returns and refuses."""
+
+    operation_id: str
+    summary: str
+    description: str
+    status: int
+    response: type | None = None
+    query: type | None = None
+    body: type | None = None
+    errors: tuple = ()
+    tag: str = "sessions"
+    links: dict = field(default_factory=dict)
+    media_type: str = "application/json"
+
+
+_SESSION_LINKS = {
+    "GetSession": "get_session",
+    "UpdateSession": "update_session",
+    "DeleteSession": "delete_session",
+    "SendMessage": "send_message",
+    "ListMessages": "list_messages",
+}
+
+OPERATIONS = {
+    ("GET", "/api/sessions"): Operation(
+        "list_sessions",
+        "List sessions, newest first",
+        "Filter by agent, task or status (several statuses separated by commas). "
+        "Pages hold `limit` sessions; pass `next_cursor` back as `cursor` for the "
+        "next page, until it is null.",
+        200,
+        schemas.SessionListSchema,
+        query=schemas.SessionListQuerySchema,
+        errors=(422, 503),
+    ),
+    ("POST", "/api/sessions"): Operation(
+        "create_session",
+        "Start a session",
+        "Creates a session in status `created` with no messages; `Location` gives its URL.",
+        201,
+        schemas.SessionSchema,
+        body=schemas.SessionCreateSchema,
+        errors=(400, 413, 415, 422, 503),
+        links=_SESSION_LINKS,
+    ),
+    ("GET", "/api/sessions/{session_id}"): Operation(
+        "get_session",
+        "Get a session",
+        "Returns the session with its prompt, data and message count.",
+        200,
+        schemas.SessionSchema,
+        errors=(404, 422, 503),
+    ),
+    ("PATCH", "/api/sessions/{session_id}"): Operation(
+        "update_session",
+        "Change a session's status, prompt or data",
+        "`data` is merged as a JSON Merge Patch (RFC 7396): a key set to null is "
+        "removed. The status may move from created to any other, between active "
+        "and paused, and to completed or failed; completed and failed are final "
+        "(409). An empty object changes nothing.",
+        200,
+        schemas.SessionSchema,
+        body=schemas.SessionUpdateSchema,
+        errors=(400, 404, 409, 413, 415, 422, 503),
+    ),
+    ("DELETE", "/api/sessions/{session_id}"): Operation(
+        "delete_session",
+        "Delete a session and its messages",
+        "A second delete of the same session is a 404.",
+        204,
+        errors=(404, 422, 503),
+    ),
+    ("POST", "/api/sessions/{session_id}/message"): Operation(
+        "send_message",
+        "Send a message to a session",
+        "Stores the message and counts it on the session; a `created` session "
+        "becomes `active`. A completed or failed session takes no messages (409).",
+        201,
+        schemas.MessageReceiptSchema,
+        body=schemas.MessageCreateSchema,
+        errors=(400, 404, 409, 413, 415, 422, 503),
+    ),
+    ("POST", "/api/sessions/{session_id}/messages"): Operation(
+        "send_message_to_messages",
+        "Send a message to a session (same as POST …/message)",
+        "The same operation as `POST /api/sessions/{session_id}/message`.",
+        201,
+        schemas.MessageReceiptSchema,
+        body=schemas.MessageCreateSchema,
+        errors=(400, 404, 409, 413, 415, 422, 503),
+    ),
+    ("GET", "/api/sessions/{session_id}/messages"): Operation(
+        "list_messages",
+        "List a session's messages, oldest first",
+        "Pages hold `limit` messages; pass `next_cursor` back as `cursor` for the "
+        "next page, until it is null.",
+        200,
+        schemas.MessageListSchema,
+        query=schemas.MessageListQuerySchema,
+        errors=(404, 422, 503),
+    ),
+    ("GET", "/health"): Operation(
+        "health",
+        "Check the service and its database",
+        "200 when the database answers, else a 503 problem.",
+        200,
+        schemas.HealthSchema,
+        errors=(503,),
+        tag="service",
+    ),
+    ("GET", "/metrics"): Operation(
+        "metrics",
+        "Service metrics for Prometheus",
+        "Request counts and latencies by route and status, in Prometheus' text format.",
+        200,
+        errors=(503,),
+        tag="service",
+        media_type="text/plain",
+    ),
+    ("GET", DOCUMENT_PATH): Operation(
+        "openapi_document",
+        "This API description (OpenAPI 3.1)",
+        "Generate a client from it, or browse it at `/api/docs/`.",
+        200,
+        errors=(422, 503),
+        tag="service",
+    ),
+    ("GET", DOCS_PATH + "/"): Operation(
+        "api_docs",
+        "Interactive documentation (Swagger UI)",
+        "Try every operation from the browser; works without internet access.",
+        200,
+        errors=(422, 503),
+        tag="service",
+        media_type="text/html",
+    ),
+}
+
+#: Every schema of a response body, by its name in the document.
+OUT_SCHEMAS = {
+    "SessionSummary": schemas.SessionSummarySchema,
+    "Session": schemas.SessionSchema,
+    "SessionList": schemas.SessionListSchema,
+    "MessageReceipt": schemas.MessageReceiptSchema,
+    "Message": schemas.MessageSchema,
+    "MessageList": schemas.MessageListSchema,
+    "Health": schemas.HealthSchema,
+}
+
+# -- error responses --------------------------------------------------------
+
+ERRORS = {
+    400: ("BadRequest", "The body is not JSON, or is JSON but not an object."),
+    401: ("Unauthorized", "No bearer token was sent, or it is not one the service knows."),
+    403: ("Forbidden", "The token may only read; it cannot change anything."),
+    404: ("NotFound", "No session has this id."),
+    405: ("MethodNotAllowed", "The path does not take this method; `Allow` lists those it does."),
+    409: ("Conflict", "The session's status forbids this; `detail` names the current status."),
+    413: ("ContentTooLarge", "The body is larger than the service accepts (1 MiB by default)."),
+    415: ("UnsupportedMediaType", "The body was not sent as `application/json`."),
+    422: ("UnprocessableContent", "Invalid or unknown fields or parameters; `errors` names each."),
+    503: ("ServiceUnavailable", "The database cannot be reached; retry after Retry-After seconds."),
+}
+
+_HEADERS = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "The scheme to use: Bearer.",
+            "required": True,
+            "schema": {"type": "string"},
+        }
+    },
+    405: {"Allow": {"description": "The methods this path takes.", "schema": {"type": "string"}}},
+    503: {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying.",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    },
+}
+
+# -- custom fields as JSON Schema ------------------------------------------
+
+NO_NUL = "^[^\\u0000]*$"
+NOT_BLANK = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+_INT64 = {"minimum": -(2**63), "maximum": 2**63 - 1}
+JSON_VALUE = {
+    "description": "Any JSON value that every database can store unchanged.",
+    "anyOf": [
+        {"type": ["null", "boolean", "number"]},
+        {"type": "integer", **_INT64},
+        {"type": "string", "pattern": NO_NUL},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JSONValue"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": NO_NUL},
+            "additionalProperties": {"$ref": "#/components/schemas/JSONValue"},
+        },
+    ],
+}
+
+
+def _custom_field_properties(self, field, **kwargs):
+    """Describe this project's fields in JSON Schema (an apispec attribute function)."""
+    if isinstance(field, Text) and "pattern" not in kwargs["ret"]:
+        blank = any(isinstance(v, NotBlank) for v in field.validators)
+        return {"pattern": NOT_BLANK if blank else NO_NUL}
+    if isinstance(field, CommaList):
+        choice = "|".join(re.escape(c) for c in field.choices)
+        return {"pattern": f"^({choice})(,({choice}))*$"}
+    if isinstance(field, JSONObject):
+        return {
+            "propertyNames": {"pattern": NO_NUL},
+            "additionalProperties": {"$ref": "#/components/schemas/JSONValue"},
+            "description": (
+                f"A JSON object: no NUL or unpaired surrogates in any key or string, "
+                f"integers within 64 bits, nesting at most {MAX_JSON_DEPTH} levels."
+            ),
+        }
+    if isinstance(field, ma_fields.Constant):
+        return {"const": field.constant}
+    return {}
+
+
+# -- building the document ---------------------------------------------------
+
+
+def build_document(url_map, secured=False):
+    """Return the OpenAPI document for the routes in ``url_map``.
+
+    ``secured``: the service requires a bearer token on its ``/api`` data.
+    """
+    routes = routes_of(url_map)
+    plugin = MarshmallowPlugin()
+    spec = APISpec(TITLE, VERSION, "3.1.0", plugins=[plugin], info={"description": DESCRIPTION})
+    plugin.map_to_openapi_type(Timestamp, "string", "date-time")
+    plugin.converter.add_attribute_function(_custom_field_properties)
+    _add_components(spec)
+    paths = {}
+    for (method, path), operation in OPERATIONS.items():
+        if (method, path) in routes:
+            document = _operation(operation)
+            if secured and operation.tag == "sessions":
+                _require_token(document, method)
+            paths.setdefault(path, {})[method.lower()] = document
+    for path, operations in paths.items():
+        parameters = ["SessionId"] if "{session_id}" in path else []
+        spec.path(path, operations=operations, parameters=parameters)
+    return spec.to_dict()
+
+
+def routes_of(url_map):
+    """Return the (method, path) pairs of ``url_map``'s operations, in OpenAPI form."""
+    found = set()
+    for rule in url_map.iter_rules():
+        if rule.endpoint == "static" or (
+            rule.endpoint.startswith("swagger_ui.") and rule.rule != DOCS_PATH + "/"
+        ):
+            continue  # files, not operations
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        found.update((method, path) for method in rule.methods - {"HEAD", "OPTIONS"})
+    return found
+
+
+def _require_token(document, method):
+    document["security"] = [{"bearer": []}]
+    document["responses"]["401"] = ERRORS[401][0]
+    if method != "GET":
+        document["responses"]["403"] = ERRORS[403][0]
+
+
+def _add_components(spec):
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    spec.components.schema("JSONValue", JSON_VALUE)
+    for name, schema in OUT_SCHEMAS.items():
+        spec.components.schema(name, schema=schema)
+        # A response always carries every field of its schema (null where allowed).
+        spec.components.schemas[name]["required"] = list(schema().fields)
+    spec.components.schema("Problem", schema=schemas.ProblemSchema)
+    spec.components.schema("ValidationProblem", schema=schemas.ValidationProblemSchema)
+    spec.components.parameter(
+        "SessionId",
+        "path",
+        {
+            "name": "session_id",
+            "description": "The session's id, as returned when it was created.",
+            "schema": {"type": "string", "pattern": f"^{SESSION_ID_PATTERN}$"},
+        },
+    )
+    for status, (name, description) in ERRORS.items():
+        problem = "ValidationProblem" if status == 422 else "Problem"
+        response = {
+            "description": description,
+            "content": {"application/problem+json": {"schema": problem}},
+        }
+        if status in _HEADERS:
+            response["headers"] = _HEADERS[status]
+        spec.components.response(name, response)
+
+
+def _operation(op):
+    success = {"description": op.summary}
+    if op.response is not None:
+        success["content"] = {op.media_type: {"schema": op.response}}
+    elif op.status != 204:
+        kind = "object" if op.media_type == "application/json" else "string"
+        success["content"] = {op.media_type: {"schema": {"type": kind}}}
+    if op.links:
+        success["headers"] = {
+            "Location": {
+                "description": "The new session's URL.",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        }
+        success["links"] = {
+            name: {
+                "operationId": target,
+                "parameters": {"session_id": "$response.body#/id"},
+            }
+            for name, target in op.links.items()
+        }
+    responses = {str(op.status): success}
+    responses.update({str(status): ERRORS[status][0] for status in op.errors})
+    result = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "description": op.description,
+        "tags": [op.tag],
+        "responses": responses,
+    }
+    if op.query is not None:
+        result["parameters"] = [{"in": "query", "schema": op.query}]
+    if op.body is not None:
+        result["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": op.body}},
+        }
+    return result
+
+
+# -- serving it ---------------------------------------------------------------
+
+bp = Blueprint("openapi", __name__)
+
+
+@bp.get(DOCUMENT_PATH)
+def openapi_document():
+    load_query(schemas.no_query_schema)
+    return current_app.response_class(
+        current_app.extensions["openapi"], mimetype="application/json"
+    )
+
+
+def _reject_query():
+    load_query(schemas.no_query_schema)
+
+
+def init_app(app):
+    """Serve the document and the docs; call after every other blueprint is registered."""
+    docs = get_swaggerui_blueprint(DOCS_PATH, DOCUMENT_PATH, config={"app_name": TITLE})
+    docs.before_request(_reject_query)
+    app.register_blueprint(bp)
+    app.register_blueprint(docs)
+    secured = "sessions_app.tokens" in app.extensions  # set by auth.init_app
+    app.extensions["openapi"] = jsonio.dumps(build_document(app.url_map, secured))
