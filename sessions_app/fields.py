@@ -87,7 +87,9 @@ class JSONObject(fields.Dict):
 class QueryInt(fields.Integer):
     """An integer from a query string: decimal digits only."""
 
-    _digits = re.compile(r"[0-9]{1,9}").fullmatch
+    # Up to 18 digits: every value a Range may allow (a cursor reaches
+    # 2**31 - 1, ten digits) while parsing stays cheap; Range judges the rest.
+    _digits = re.compile(r"[0-9]{1,18}").fullmatch
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str) and not self._digits(value):
