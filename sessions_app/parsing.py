@@ -2,7 +2,7 @@
 
 from flask import request
 from marshmallow import ValidationError
-from werkzeug.exceptions import UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from .errors import InvalidBody
 from .jsonio import BodyError, parse_body
@@ -26,10 +26,16 @@ def load_json(schema):
 
 
 def load_query(schema):
-    """Load the query string with ``schema``; a parameter given twice is a 422."""
-    repeated = {
-        name: ["Given more than once."] for name, values in request.args.lists() if len(values) > 1
-    }
+    """Load the query string with ``schema``; a parameter given twice is a 422.
+
+    400 when the query string is not UTF-8 (Gunicorn refuses raw non-ASCII
+    bytes itself, but other WSGI servers pass them on to Werkzeug).
+    """
+    try:
+        args = request.args
+    except UnicodeDecodeError:
+        raise BadRequest("The query string is not valid UTF-8.") from None
+    repeated = {name: ["Given more than once."] for name, values in args.lists() if len(values) > 1}
     if repeated:
         raise ValidationError(repeated)
-    return schema.load(request.args.to_dict())
+    return schema.load(args.to_dict())
