@@ -1,0 +1,257 @@
+"""The real server under concurrent clients: Gunicorn, 4 workers x 4 threads, one database.
+
+Run with ``pytest -s -m server`` to see the figures (requests, errors, time).
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import requests
+
+pytestmark = pytest.mark.server
+
+ROOT = Path(__file__).resolve().parents[1]
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
+CLIENTS = 16
+MESSAGES_EACH = 50
+PATCHES_EACH = 10
+START_TIMEOUT = 30
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server_database_url(request, tmp_path_factory):
+    """A fresh database for one server: a temp SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('server')}/sessions.sqlite3"
+        return
+    admin_url = os.environ["TEST_DATABASE_URL"]
+    parts = urlsplit(admin_url)
+    name = f"{parts.path.lstrip('/')}_server_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def server(server_database_url, tmp_path_factory):
+    """Start Gunicorn on a free port, yield its base URL, stop it by its PID."""
+    run_dir = tmp_path_factory.mktemp("gunicorn")
+    log_path = run_dir / "gunicorn.log"
+    env = dict(
+        os.environ,
+        BIND="127.0.0.1:0",
+        WEB_CONCURRENCY="4",
+        GUNICORN_THREADS="4",
+        DATABASE_URL=server_database_url,
+        GUNICORN_CONTROL_SOCKET=str(run_dir / "gunicorn.ctl"),
+    )
+    env.pop("DATABASE_POOL_SIZE", None)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        base_url = wait_until_healthy(process, log_path)
+        yield base_url
+    finally:
+        stop(process)
+        print(f"\n[server log: {log_path}]")
+
+
+def wait_until_healthy(process, log_path):
+    """Return the server's base URL once ``/health`` answers 200."""
+    deadline = time.monotonic() + START_TIMEOUT
+    base_url = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"gunicorn exited with {process.returncode}:\n{log_path.read_text()}")
+        if base_url is None:
+            found = re.search(r"Listening at: (http://[\d.]+:\d+)", log_path.read_text())
+            base_url = found and found.group(1)
+        if base_url:
+            try:
+                if requests.get(f"{base_url}/health", timeout=2).status_code == 200:
+                    return base_url
+            except requests.ConnectionError:
+                pass
+        time.sleep(0.1)
+    pytest.fail(f"gunicorn did not answer /health in {START_TIMEOUT}s:\n{log_path.read_text()}")
+
+
+def stop(process):
+    """SIGTERM, wait for a graceful exit, SIGKILL if it does not come."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Tally:
+    """Statuses and failures of requests made by many threads."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.statuses = Counter()
+        self.failures = []
+        self.message_ids = []
+
+    def record(self, response):
+        with self.lock:
+            self.statuses[response.status_code] += 1
+            if not 200 <= response.status_code < 300:
+                self.failures.append(f"{response.status_code} {response.text[:300]}")
+            elif response.request.method == "POST" and response.status_code == 201:
+                self.message_ids.append(response.json()["message_id"])
+
+    def fail(self, error):
+        with self.lock:
+            self.statuses["exception"] += 1
+            self.failures.append(repr(error))
+
+    @property
+    def requests(self):
+        return sum(self.statuses.values())
+
+
+def run_clients(work, label, backend):
+    """Run ``work(http, n, tally)`` in CLIENTS threads at once; print and return the tally."""
+    tally = Tally()
+    start = threading.Barrier(CLIENTS)
+
+    def client(n):
+        with requests.Session() as http:
+            start.wait()
+            try:
+                work(http, n, tally)
+            except requests.RequestException as error:
+                tally.fail(error)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    errors = tally.requests - sum(n for s, n in tally.statuses.items() if s in range(200, 300))
+    print(
+        f"\n[{backend}] {label}: {tally.requests} requests, {errors} errors, "
+        f"{elapsed:.2f}s, {tally.requests / elapsed:.0f} req/s, statuses {dict(tally.statuses)}"
+    )
+    return tally
+
+
+def create_session(base_url):
+    response = requests.post(f"{base_url}/api/sessions", json={"agent_id": "LOAD"}, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def listed_message_ids(base_url, session_id):
+    """Follow next_cursor through a session's messages; return their ids in order."""
+    ids, params = [], {"limit": 100}
+    while True:
+        response = requests.get(
+            f"{base_url}/api/sessions/{session_id}/messages", params=params, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        page = response.json()
+        ids += [message["message_id"] for message in page["messages"]]
+        if page["next_cursor"] is None:
+            return ids
+        params["cursor"] = page["next_cursor"]
+
+
+def get_session(base_url, session_id):
+    response = requests.get(f"{base_url}/api/sessions/{session_id}", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def send_messages(base_url, session_of):
+    """Return a worker that sends MESSAGES_EACH messages to ``session_of(n)``."""
+
+    def work(http, n, tally):
+        url = f"{base_url}/api/sessions/{session_of(n)}/message"
+        for k in range(MESSAGES_EACH):
+            tally.record(http.post(url, json={"content": f"client {n} message {k}"}, timeout=60))
+
+    return work
+
+
+def test_messages_into_one_session(server, server_database_url):
+    session_id = create_session(server)
+    tally = run_clients(
+        send_messages(server, lambda n: session_id),
+        "16 clients x 50 messages into one session",
+        server_database_url.split(":", 1)[0],
+    )
+
+    assert tally.failures == []
+    assert tally.statuses[201] == CLIENTS * MESSAGES_EACH
+    session = get_session(server, session_id)
+    listed = listed_message_ids(server, session_id)
+    assert session["message_count"] == tally.statuses[201] == len(listed)
+    assert sorted(listed) == sorted(tally.message_ids)
+    assert session["status"] == "active"
+
+
+def test_messages_into_a_session_each(server, server_database_url):
+    session_ids = [create_session(server) for _ in range(CLIENTS)]
+    tally = run_clients(
+        send_messages(server, lambda n: session_ids[n]),
+        "16 clients x 50 messages, a session each",
+        server_database_url.split(":", 1)[0],
+    )
+
+    assert tally.failures == []
+    assert tally.statuses[201] == CLIENTS * MESSAGES_EACH
+    listed = []
+    for session_id in session_ids:
+        ids = listed_message_ids(server, session_id)
+        assert get_session(server, session_id)["message_count"] == len(ids) == MESSAGES_EACH
+        listed += ids
+    assert sorted(listed) == sorted(tally.message_ids)
+
+
+def test_concurrent_data_patches_lose_no_key(server, server_database_url):
+    session_id = create_session(server)
+
+    def work(http, n, tally):
+        url = f"{server}/api/sessions/{session_id}"
+        for k in range(PATCHES_EACH):
+            tally.record(http.patch(url, json={"data": {f"client{n}-{k}": k}}, timeout=60))
+
+    tally = run_clients(
+        work,
+        "16 clients x 10 PATCHes of data on one session",
+        server_database_url.split(":", 1)[0],
+    )
+
+    assert tally.failures == []
+    assert tally.statuses[200] == CLIENTS * PATCHES_EACH
+    data = get_session(server, session_id)["data"]
+    assert data == {f"client{n}-{k}": k for n in range(CLIENTS) for k in range(PATCHES_EACH)}
