@@ -15,7 +15,16 @@ SETTINGS = {
     "SQLITE_BUSY_TIMEOUT_MS": (10_000, int),
     "MAX_BODY_BYTES": (1_048_576, int),
     "RETRY_AFTER_SECONDS": (2, int),
+    "DATABASE_CONNECT_TIMEOUT": (3, int),
+    "DATABASE_STATEMENT_TIMEOUT_MS": (10_000, int),
+    "TRUST_PROXY": (0, int),
+    "SESSIONS_API_TOKENS": ("", str),
+    "SESSIONS_API_READONLY_TOKENS": ("", str),
+    "LOG_LEVEL": ("INFO", str),
+    "LOG_FORMAT": ("json", str),
 }
+
+LOG_FORMATS = ("json", "text")
 
 
 def from_environ(environ=None):
@@ -41,4 +50,10 @@ def load(mapping=None, environ=None):
     for name in ("DATABASE_POOL_SIZE", "MAX_BODY_BYTES", "SQLITE_BUSY_TIMEOUT_MS"):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1, not {config[name]}")
+    if config["LOG_FORMAT"] not in LOG_FORMATS:
+        raise ValueError(
+            f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {config['LOG_FORMAT']!r}"
+        )
+    if config["TRUST_PROXY"] < 0:
+        raise ValueError(f"TRUST_PROXY must be 0 (no proxy) or more, not {config['TRUST_PROXY']}")
     return config

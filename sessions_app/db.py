@@ -54,7 +54,14 @@ def make_database(config):
             **pool,
         )
     if scheme in ("postgres", "postgresql"):
-        return PooledPsycopg3Database(**parse_url(url, unquote_password=True), **pool)
+        params = parse_url(url, unquote_password=True)
+        # A server that is down or stuck must cost a request a quick 503, not
+        # hang it until Gunicorn kills the worker; the URL's own values win.
+        params.setdefault("connect_timeout", config["DATABASE_CONNECT_TIMEOUT"])
+        params.setdefault(
+            "options", f"-c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']}"
+        )
+        return PooledPsycopg3Database(**params, **pool)
     raise ValueError(
         f"DATABASE_URL must start with sqlite://, postgres:// or postgresql://, not {scheme}://"
     )

@@ -21,7 +21,7 @@ from werkzeug.exceptions import (
 )
 from werkzeug.http import HTTP_STATUS_CODES
 
-from . import jsonio
+from . import jsonio, metrics, requestid
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,14 @@ class DatabaseUnavailable(ServiceUnavailable):
 
 def problem_body(status, detail, **extra):
     """Return the problem document for ``status``, titled with its reason phrase."""
-    return {"type": "about:blank", "title": HTTP_STATUS_CODES[status], "status": status,
+    body = {"type": "about:blank", "title": HTTP_STATUS_CODES[status], "status": status,
             "detail": detail, **extra}
+    # The request id names this occurrence: the same id is in the response's
+    # X-Request-ID header and in every log line of the request.
+    instance = requestid.current()
+    if instance:
+        body["instance"] = instance
+    return body
 
 
 def handle_http_exception(exc, **extra):
@@ -77,6 +83,7 @@ def handle_database_error(exc):
     from flask import current_app, request
 
     logger.warning("Database unavailable during %s %s: %s", request.method, request.path, exc)
+    metrics.DATABASE_ERRORS.labels(type(exc).__name__).inc()
     response = handle_http_exception(DatabaseUnavailable())
     response.headers["Retry-After"] = str(current_app.config["RETRY_AFTER_SECONDS"])
     return response

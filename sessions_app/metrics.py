@@ -1,0 +1,98 @@
+"""Prometheus metrics and ``GET /metrics``.
+
+Under Gunicorn every worker is its own process: with
+``PROMETHEUS_MULTIPROC_DIR`` set (``gunicorn.conf.py`` sets it and empties it
+at start) each worker writes its numbers to files there and ``/metrics``
+adds them up, whichever worker answers.  Without it (``flask run``, tests)
+the numbers live in the one process.  Every metric has labels, so none
+writes a file before a worker first counts something.
+"""
+
+import os
+
+from flask import Blueprint, Response, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from . import logs, states
+
+bp = Blueprint("metrics", __name__)
+
+REQUESTS = Counter(
+    "sessions_http_requests",
+    "HTTP requests answered, by method, route and status.",
+    ["method", "route", "status"],
+)
+LATENCY = Histogram(
+    "sessions_http_request_duration_seconds",
+    "Time from the start of a request to its response, by method and route.",
+    ["method", "route"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DATABASE_ERRORS = Counter(
+    "sessions_database_errors",
+    "Requests answered 503 because the database could not be reached or was busy.",
+    ["error"],
+)
+MESSAGES_STORED = Counter(
+    "sessions_messages_stored",
+    "Messages stored and acknowledged with 201, by role.",
+    ["role"],
+)
+
+# A client chooses the method; only these become label values, so a client
+# cannot grow the number of series without bound (unmatched paths likewise
+# share one route label).
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+_UNMATCHED = "(unmatched)"
+
+
+def _count(response):
+    method = request.method if request.method in _METHODS else "OTHER"
+    route = request.url_rule.rule if request.url_rule else _UNMATCHED
+    REQUESTS.labels(method, route, str(response.status_code)).inc()
+    LATENCY.labels(method, route).observe(logs.elapsed())
+    if request.endpoint == "sessions.send_message" and response.status_code == 201:
+        MESSAGES_STORED.labels(_role()).inc()
+    return response
+
+
+def _role():
+    body = request.get_json(silent=True)
+    role = body.get("role") if isinstance(body, dict) else None
+    return role if role in states.ROLES else states.DEFAULT_ROLE
+
+
+def _registry():
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+@bp.get("/metrics")
+def scrape():
+    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+
+
+def empty_multiprocess_dir():
+    """Create ``PROMETHEUS_MULTIPROC_DIR`` or remove the files a previous run left in it."""
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.remove(os.path.join(path, name))
+
+
+def init_app(app):
+    """Count and time every request, and serve ``/metrics``."""
+    app.after_request(_count)
+    app.register_blueprint(bp)
