@@ -2,7 +2,7 @@
 
 from flask import Flask
 
-from . import config, db, errors, health, openapi, views
+from . import auth, config, db, errors, health, logs, metrics, openapi, proxy, requestid, views
 from .jsonio import OrjsonProvider
 
 
@@ -15,6 +15,13 @@ def create_app(mapping=None):
     app = SessionsFlask(__name__)
     app.config.from_mapping(config.load(mapping))
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
+    # Before the database connects, so even a request it fails has an id,
+    # a log line, a count and a token check.
+    requestid.init_app(app)
+    logs.init_app(app)
+    metrics.init_app(app)
+    auth.init_app(app)
+    proxy.init_app(app)
     db.init_app(app)
     errors.init_app(app)
     app.register_blueprint(views.bp)
