@@ -5,7 +5,25 @@ Environment variables override the values marked so; README.rst lists them.
 
 import os
 
-bind = [os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"]
+# Every worker writes its metrics here for /metrics to add up; it must be set
+# before sessions_app (and so prometheus_client) is imported below.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus")
+
+from sessions_app.config import load as _load_settings  # noqa: E402
+from sessions_app.logs import dict_config as _log_config  # noqa: E402
+
+# Named with a leading underscore: Gunicorn reads every other name as a setting.
+_settings = _load_settings()
+
+# BIND=unix:/run/sessions-app/gunicorn.sock behind nginx (deploy/).
+bind = [
+    os.environ.get("BIND")
+    or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+]
+# The unix socket is created rw for the owner and the group (nginx's group,
+# given to the service by systemd or by GUNICORN_GROUP), nothing for others.
+umask = int(os.environ.get("GUNICORN_UMASK", "0o007"), 8)
+group = os.environ.get("GUNICORN_GROUP") or None
 
 # Threads overlap the time a request waits on the database; one connection
 # per thread (the pool size below) means no request waits for a connection.
@@ -22,21 +40,39 @@ graceful_timeout = 30
 # instance on the host; give this service its own.
 control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "var/gunicorn.ctl")
 
-accesslog = "-"
-logconfig_dict = {
-    "root": {"level": os.environ.get("LOG_LEVEL", "INFO"), "handlers": ["error_console"]},
-    "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
-    },
-}
+# The app decides whom to trust for the client's address and scheme
+# (TRUST_PROXY); Gunicorn would otherwise believe X-Forwarded-Proto from any
+# peer on a unix socket.
+secure_scheme_headers = {}
+
+# The app writes one line per request (sessions_app.logs), so no access log
+# here; Gunicorn's own lines come out in the app's format, on stdout.
+accesslog = None
+logconfig_dict = _log_config(_settings["LOG_LEVEL"], _settings["LOG_FORMAT"])
 
 
 def on_starting(server):
-    """Create the tables once, in the master, before any worker starts."""
-    from sessions_app import create_app, db
+    """Empty the metrics directory and create the tables, once, before any worker starts."""
+    from sessions_app import create_app, db, metrics
 
+    metrics.empty_multiprocess_dir()
     create_app()
     db.init_db()
     # No connection may cross the fork into the workers.
     db.database.close_all()
+
+
+def when_ready(server):
+    """Warn when the API listens beyond this machine with no token required."""
+    from sessions_app import auth
+
+    warning = auth.exposure_warning(_settings, server.cfg.address)
+    if warning:
+        server.log.warning(warning)
+
+
+def child_exit(server, worker):
+    """Tell prometheus_client a worker is gone, so its live gauges stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
