@@ -6,6 +6,7 @@ Every In schema rejects unknown keys (marshmallow's default, RAISE).
 from marshmallow import INCLUDE, Schema, fields, validate
 
 from . import states
+from .dumping import dumper
 from .fields import CommaList, JSONObject, NotBlank, QueryInt, Text, Timestamp
 from .ids import MESSAGE_ID_PATTERN, SESSION_ID_PATTERN
 
@@ -34,7 +35,9 @@ class SessionUpdateSchema(Schema):
 
 class SessionListQuerySchema(Schema):
     agent_id = Text(**_name)
-    task_id = Text(**_name)
+    # A session may have the task "" (only agent_id must not be blank), so
+    # the filter takes "" too: it finds exactly those sessions.
+    task_id = Text(validate=validate.Length(max=255))
     status = CommaList(states.STATUSES)
     limit = QueryInt(**_limit)
     cursor = Text(validate=validate.Regexp(f"^{SESSION_ID_PATTERN}$", error=_not_issued))
@@ -132,3 +135,9 @@ session_schema = SessionSchema()
 session_list_schema = SessionListSchema()
 message_receipt_schema = MessageReceiptSchema()
 message_list_schema = MessageListSchema()
+
+# What the views dump with: the Out schemas above, planned once (see dumping.py).
+dump_session = dumper(session_schema)
+dump_session_list = dumper(session_list_schema)
+dump_message_receipt = dumper(message_receipt_schema)
+dump_message_list = dumper(message_list_schema)

@@ -8,15 +8,15 @@ from .models import Message, Session
 from .paging import cut_page
 from .parsing import load_json, load_query
 from .schemas import (
+    dump_message_list,
+    dump_message_receipt,
+    dump_session,
+    dump_session_list,
     message_create_schema,
     message_list_query_schema,
-    message_list_schema,
-    message_receipt_schema,
     no_query_schema,
     session_create_schema,
     session_list_query_schema,
-    session_list_schema,
-    session_schema,
     session_update_schema,
 )
 
@@ -39,7 +39,7 @@ def list_sessions():
     query = load_query(session_list_query_schema)
     rows = Session.page(**query)
     sessions, next_cursor = cut_page(rows, query["limit"], lambda row: row["id"])
-    return session_list_schema.dump({"sessions": sessions, "next_cursor": next_cursor})
+    return dump_session_list({"sessions": sessions, "next_cursor": next_cursor})
 
 
 @bp.post("/sessions")
@@ -47,20 +47,20 @@ def create_session():
     load_query(no_query_schema)
     session = Session.open(**load_json(session_create_schema))
     location = url_for(".get_session", session_id=session["id"])
-    return session_schema.dump(session), 201, {"Location": location}
+    return dump_session(session), 201, {"Location": location}
 
 
 @bp.get("/sessions/<session_id:session_id>")
 def get_session(session_id):
     load_query(no_query_schema)
-    return session_schema.dump(Session.fetch(session_id))
+    return dump_session(Session.fetch(session_id))
 
 
 @bp.patch("/sessions/<session_id:session_id>")
 def update_session(session_id):
     load_query(no_query_schema)
     patch = load_json(session_update_schema)
-    return session_schema.dump(Session.change(session_id, patch))
+    return dump_session(Session.change(session_id, patch))
 
 
 @bp.delete("/sessions/<session_id:session_id>")
@@ -75,7 +75,7 @@ def delete_session(session_id):
 def send_message(session_id):
     load_query(no_query_schema)
     message = Message.send(session_id, **load_json(message_create_schema))
-    return message_receipt_schema.dump(message), 201
+    return dump_message_receipt(message), 201
 
 
 def _no_content():
@@ -89,4 +89,4 @@ def list_messages(session_id):
     query = load_query(message_list_query_schema)
     rows = Message.page(session_id, query["limit"], query.get("cursor", 0))
     messages, next_cursor = cut_page(rows, query["limit"], lambda row: str(row["seq"]))
-    return message_list_schema.dump({"messages": messages, "next_cursor": next_cursor})
+    return dump_message_list({"messages": messages, "next_cursor": next_cursor})
