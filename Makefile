@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run dev test lint init-db clean
+.PHONY: run dev test lint init-db bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,12 @@ test: $(VENV)/.installed-test
 
 ## lint: ruff over the code and the tests
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check sessions_app tests wsgi.py gunicorn.conf.py
-	$(BIN)/ruff format --check sessions_app tests wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check sessions_app tests benchmarks wsgi.py gunicorn.conf.py
+	$(BIN)/ruff format --check sessions_app tests benchmarks wsgi.py gunicorn.conf.py
+
+## bench: wrk load against a bare-Flask ceiling; BENCH_QUICK=1 for a short run
+bench: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .coverage *.egg-info
