@@ -284,6 +284,8 @@ def build_document(url_map, secured=False):
     plugin.map_to_openapi_type(Timestamp, "string", "date-time")
     plugin.converter.add_attribute_function(_custom_field_properties)
     _add_components(spec)
+    if secured:
+        spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     paths = {}
     for (method, path), operation in OPERATIONS.items():
         if (method, path) in routes:
@@ -318,7 +320,6 @@ def _require_token(document, method):
 
 
 def _add_components(spec):
-    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.components.schema("JSONValue", JSON_VALUE)
     for name, schema in OUT_SCHEMAS.items():
         spec.components.schema(name, schema=schema)

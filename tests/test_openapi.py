@@ -1,0 +1,138 @@
+"""The API description: a valid OpenAPI 3.1 document covering every route."""
+
+import re
+
+import pytest
+from openapi_spec_validator import OpenAPIV31SpecValidator, validate
+
+from sessions_app import openapi
+
+
+@pytest.fixture
+def document(client):
+    response = client.get("/api/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    return response.get_json()
+
+
+def test_document_is_valid_openapi_3_1(document):
+    assert document["openapi"] == "3.1.0"
+    validate(document, cls=OpenAPIV31SpecValidator)
+
+
+def test_every_route_is_documented_and_nothing_else(app, document):
+    routes = openapi.routes_of(app.url_map)
+    assert routes == set(openapi.OPERATIONS)
+    documented = {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method in operations
+        if method != "parameters"
+    }
+    assert documented == routes
+
+
+def test_operations_have_unique_ids_summaries_and_problem_errors(document):
+    ids = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if method == "parameters":
+                continue
+            ids.append(operation["operationId"])
+            assert operation["summary"] and operation["description"], (method, path)
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    assert response["$ref"].startswith("#/components/responses/")
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "statuses"),
+    [
+        ("post", "/api/sessions", {"201", "400", "413", "415", "422", "503"}),
+        ("get", "/api/sessions", {"200", "422", "503"}),
+        (
+            "patch",
+            "/api/sessions/{session_id}",
+            {"200", "400", "404", "409", "413", "415", "422", "503"},
+        ),
+        ("delete", "/api/sessions/{session_id}", {"204", "404", "422", "503"}),
+        (
+            "post",
+            "/api/sessions/{session_id}/message",
+            {"201", "400", "404", "409", "413", "415", "422", "503"},
+        ),
+    ],
+)
+def test_operations_declare_the_statuses_they_answer(document, method, path, statuses):
+    assert set(document["paths"][path][method]["responses"]) == statuses
+
+
+def test_errors_carry_their_headers_and_422_names_fields(document):
+    responses = document["components"]["responses"]
+    assert "Allow" in responses["MethodNotAllowed"]["headers"]
+    assert "Retry-After" in responses["ServiceUnavailable"]["headers"]
+    schema = responses["UnprocessableContent"]["content"]["application/problem+json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/ValidationProblem"}
+    assert "errors" in document["components"]["schemas"]["ValidationProblem"]["required"]
+    created = document["paths"]["/api/sessions"]["post"]["responses"]["201"]
+    assert created["headers"]["Location"]["required"] is True
+
+
+def test_query_parameters_carry_bounds_and_choices(document):
+    params = {
+        p["name"]: p["schema"] for p in document["paths"]["/api/sessions"]["get"]["parameters"]
+    }
+    assert params["limit"] == {"type": "integer", "default": 100, "minimum": 1, "maximum": 1000}
+    assert re.fullmatch(params["status"]["pattern"], "active,paused")
+    assert not re.fullmatch(params["status"]["pattern"], "Active")
+
+
+def test_create_links_to_the_session_operations(document):
+    links = document["paths"]["/api/sessions"]["post"]["responses"]["201"]["links"]
+    targets = {link["operationId"] for link in links.values()}
+    assert targets == {
+        "get_session",
+        "update_session",
+        "delete_session",
+        "send_message",
+        "list_messages",
+    }
+    assert all(
+        link["parameters"] == {"session_id": "$response.body#/id"} for link in links.values()
+    )
+
+
+def test_a_secured_service_documents_its_token(app):
+    document = openapi.build_document(app.url_map, secured=True)
+    validate(document, cls=OpenAPIV31SpecValidator)
+    create = document["paths"]["/api/sessions"]["post"]
+    assert create["security"] == [{"bearer": []}]
+    assert {"401", "403"} <= set(create["responses"])
+    assert "403" not in document["paths"]["/api/sessions"]["get"]["responses"]
+    assert "security" not in document["paths"]["/health"]["get"]
+
+
+def test_the_document_served_is_the_one_built_with_the_app(app, client):
+    assert client.get("/api/openapi.json").data == app.extensions["openapi"]
+
+
+@pytest.mark.parametrize("path", ["/api/openapi.json", "/api/docs/"])
+def test_unknown_query_parameters_are_422(client, path):
+    response = client.get(path, query_string={"x": "1"})
+    assert response.status_code == 422
+    assert response.get_json()["errors"] == {"x": ["Unknown field."]}
+
+
+def test_docs_page_loads_everything_from_the_service(client):
+    page = client.get("/api/docs/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "/api/openapi.json" in html
+    assert not re.search(r"(?:src|href)=\"(?:https?:)?//", html)
+    assets = re.findall(r"(?:src|href)=\"(/api/docs/[^\"]+)\"", html)
+    assert any(asset.endswith("swagger-ui-bundle.js") for asset in assets)
+    for asset in assets:
+        with client.get(asset) as response:
+            assert response.status_code == 200, asset
