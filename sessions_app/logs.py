@@ -34,9 +34,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = requestid.current()
-        if request_id:
-            line["request_id"] = request_id
+        if getattr(record, "request_id", None):
+            line["request_id"] = record.request_id
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
@@ -48,9 +47,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record):
         parts = [_timestamp(record), record.levelname, record.name]
-        request_id = requestid.current()
-        if request_id:
-            parts.append(f"[{request_id}]")
+        if getattr(record, "request_id", None):
+            parts.append(f"[{record.request_id}]")
         parts.append(record.getMessage())
         parts.extend(f"{key}={value}" for key, value in getattr(record, "fields", {}).items())
         line = " ".join(parts)
@@ -86,6 +84,22 @@ def dict_config(level, fmt):
             "peewee": {"level": "INFO"},
         },
     }
+
+
+def _stamp_request_ids():
+    # Stamp the id when a record is made, not when it is written: a handler
+    # may format it later, outside the request (pytest's caplog does).
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "stamps_request_id", False):
+        return
+
+    def make_stamped_record(*args, **kwargs):
+        record = make_record(*args, **kwargs)
+        record.request_id = requestid.current()
+        return record
+
+    make_stamped_record.stamps_request_id = True
+    logging.setLogRecordFactory(make_stamped_record)
 
 
 def elapsed():
@@ -128,6 +142,7 @@ def _log_request(response):
 
 def init_app(app):
     """Time every request and log one line for it when it is answered."""
+    _stamp_request_ids()
     if not logging.getLogger().handlers:
         logging.config.dictConfig(dict_config(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"]))
     app.before_request(_start)

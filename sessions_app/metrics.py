@@ -21,7 +21,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from . import logs, states
+from . import logs
 
 bp = Blueprint("metrics", __name__)
 
@@ -43,7 +43,7 @@ DATABASE_ERRORS = Counter(
 )
 MESSAGES_STORED = Counter(
     "sessions_messages_stored",
-    "Messages stored and acknowledged with 201, by role.",
+    "Messages stored (committed), by role.",
     ["role"],
 )
 
@@ -59,15 +59,7 @@ def _count(response):
     route = request.url_rule.rule if request.url_rule else _UNMATCHED
     REQUESTS.labels(method, route, str(response.status_code)).inc()
     LATENCY.labels(method, route).observe(logs.elapsed())
-    if request.endpoint == "sessions.send_message" and response.status_code == 201:
-        MESSAGES_STORED.labels(_role()).inc()
     return response
-
-
-def _role():
-    body = request.get_json(silent=True)
-    role = body.get("role") if isinstance(body, dict) else None
-    return role if role in states.ROLES else states.DEFAULT_ROLE
 
 
 def _registry():

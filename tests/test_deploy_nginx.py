@@ -1,0 +1,242 @@
+"""deploy/nginx.conf and deploy/sessions-app.service, run for real: nginx in
+front of Gunicorn on a unix socket, every endpoint through it.
+
+Only the listen address and the /run and /var/log folders of the deploy files
+are changed (to a free loopback port and temporary folders); a second, TLS
+listener shows the scheme the service sees is the one nginx forwards.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import requests
+from servers import ROOT, free_port, request_line, start_gunicorn, stop, wait_for
+
+pytestmark = pytest.mark.server
+
+NGINX = Path("/usr/sbin/nginx")
+DEPLOY = ROOT / "deploy"
+TOKEN = "e2e-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MAX_BODY = 1_048_576
+SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}").fullmatch
+
+if not NGINX.exists():
+    pytest.skip("nginx is not installed (apt-get install nginx)", allow_module_level=True)
+if not shutil.which("openssl"):
+    pytest.skip("openssl is not installed (needed for the TLS listener)", allow_module_level=True)
+
+
+def unit_environment(run):
+    """Return the Environment= settings of deploy/sessions-app.service, /run moved to ``run``."""
+    found = {}
+    for line in (DEPLOY / "sessions-app.service").read_text().splitlines():
+        if line.startswith("Environment="):
+            name, _, value = line.removeprefix("Environment=").partition("=")
+            found[name] = value.replace("/run/sessions-app/", f"{run}/")
+    return found
+
+
+def substitute(text, old, new):
+    assert old in text, f"deploy/nginx.conf no longer has {old!r}"
+    return text.replace(old, new)
+
+
+def nginx_config(base, port, tls_port, cert, key):
+    """Write nginx's main config around deploy/nginx.conf; return its path."""
+    site = (DEPLOY / "nginx.conf").read_text()
+    site = substitute(
+        site,
+        "listen 80;",
+        f"listen 127.0.0.1:{port};\n    listen 127.0.0.1:{tls_port} ssl;\n"
+        f"    ssl_certificate {cert};\n    ssl_certificate_key {key};",
+    )
+    site = substitute(site, "/run/sessions-app/", f"{base}/run/")
+    site = substitute(site, "/var/log/nginx/", f"{base}/log/")
+    (base / "sessions-app.conf").write_text(site)
+    temp = base / "temp"
+    # As root, nginx's workers would drop to "nobody" and could not open the
+    # socket in a root-only temporary folder.
+    user = "user root root;" if os.geteuid() == 0 else ""
+    main = f"""
+{user}
+daemon off;
+worker_processes 1;
+pid {base}/nginx.pid;
+error_log {base}/log/main.error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    include {base}/sessions-app.conf;
+}}
+"""
+    (base / "nginx.conf").write_text(main)
+    return base / "nginx.conf"
+
+
+@pytest.fixture(scope="module")
+def deployed():
+    """Gunicorn and nginx as deploy/ configures them; yield the URLs and the log paths."""
+    with ExitStack() as cleanup:
+        # A short path of its own: unix socket paths are limited to 108 bytes.
+        base = Path(tempfile.mkdtemp(prefix="sessions-nginx-"))
+        cleanup.callback(shutil.rmtree, base, ignore_errors=True)
+        for folder in ("run", "log", "temp"):
+            (base / folder).mkdir()
+        cert, key = make_certificate(base)
+        gunicorn = start_gunicorn(
+            base / "run",
+            **unit_environment(base / "run"),
+            DATABASE_URL=f"sqlite:///{base}/sessions.sqlite3",
+            SESSIONS_API_TOKENS=TOKEN,
+            WEB_CONCURRENCY="2",
+            GUNICORN_THREADS="2",
+        )
+        cleanup.callback(stop, gunicorn)
+        port, tls_port = free_port(), free_port()
+        config = nginx_config(base, port, tls_port, cert, key)
+        error_log = base / "log" / "main.error.log"
+        command = [str(NGINX), "-p", str(base), "-c", str(config), "-e", str(error_log)]
+        nginx = subprocess.Popen(command)
+        cleanup.callback(stop, nginx, signal.SIGQUIT)
+        urls = {"http": f"http://127.0.0.1:{port}", "https": f"https://127.0.0.1:{tls_port}"}
+        wait_for(f"{urls['http']}/health", gunicorn, base / "run" / "gunicorn.log")
+        wait_for(f"{urls['https']}/health", nginx, error_log, verify=str(cert))
+        yield {
+            **urls,
+            "cert": str(cert),
+            "app_log": base / "run" / "gunicorn.log",
+            "nginx_log": base / "log" / "sessions-app.access.log",
+            "socket": base / "run" / "gunicorn.sock",
+        }
+
+
+def make_certificate(base):
+    """Make a self-signed certificate for 127.0.0.1; return its and its key's paths."""
+    cert, key = base / "cert.pem", base / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def call(deployed, method, path, expect, scheme="http", headers=None, **kwargs):
+    """Make a request through nginx and check its status and request id."""
+    headers = {**AUTH, **(headers or {})}
+    kwargs.setdefault("verify", deployed["cert"])
+    response = requests.request(
+        method, deployed[scheme] + path, headers=headers, timeout=10, **kwargs
+    )
+    assert response.status_code == expect, response.text
+    echoed = response.headers["X-Request-ID"]
+    assert SANE_ID(echoed)
+    if SANE_ID(headers.get("X-Request-ID", "")):
+        assert echoed == headers["X-Request-ID"]
+    return response
+
+
+def test_every_endpoint_works_through_nginx(deployed):
+    created = call(deployed, "POST", "/api/sessions", 201, json={"agent_id": "CLAUDE_CODE"})
+    location = created.headers["Location"]
+    assert location == f"/api/sessions/{created.json()['id']}"
+    call(deployed, "GET", location, 200)
+    call(deployed, "PATCH", location, 200, json={"status": "active"})
+    call(deployed, "POST", f"{location}/message", 201, json={"content": "one"})
+    call(deployed, "POST", f"{location}/messages", 201, json={"content": "two", "role": "system"})
+    messages = call(deployed, "GET", f"{location}/messages", 200).json()["messages"]
+    assert [m["content"] for m in messages] == ["one", "two"]
+    listed = call(deployed, "GET", "/api/sessions?status=active", 200).json()["sessions"]
+    assert [s["id"] for s in listed] == [created.json()["id"]]
+    call(deployed, "DELETE", location, 204)
+    call(deployed, "GET", location, 404)
+    assert call(deployed, "GET", "/health", 200).json() == {"status": "ok"}
+    metrics = call(deployed, "GET", "/metrics", 200).text
+    assert 'route="/api/sessions/<session_id:session_id>/messages",status="201"' in metrics
+
+
+def test_the_service_sees_the_forwarded_address_and_scheme(deployed):
+    # A client cannot choose its address: nginx appends the one it saw, and
+    # the service trusts exactly that one hop.
+    spoofed = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    call(deployed, "GET", "/health", 200, headers={"X-Request-ID": "e2e-http", **spoofed})
+    call(deployed, "GET", "/health", 200, scheme="https", headers={"X-Request-ID": "e2e-tls"})
+    plain = request_line(deployed["app_log"], "e2e-http")
+    tls = request_line(deployed["app_log"], "e2e-tls")
+    assert (plain["client"], plain["scheme"]) == ("127.0.0.1", "http")
+    assert (tls["client"], tls["scheme"]) == ("127.0.0.1", "https")
+
+
+def test_the_request_id_follows_the_request_through_both_logs(deployed):
+    call(deployed, "POST", "/api/sessions", 201, headers={"X-Request-ID": "e2e-trace-1"},
+         json={"agent_id": "CLAUDE_CODE"})  # fmt: skip
+    line = request_line(deployed["app_log"], "e2e-trace-1")
+    assert (line["method"], line["route"], line["status"]) == ("POST", "/api/sessions", 201)
+    assert line["session_id"].startswith("session-")
+    nginx_lines = [json.loads(text) for text in deployed["nginx_log"].read_text().splitlines()]
+    assert any(entry["request_id"] == "e2e-trace-1" for entry in nginx_lines)
+
+
+def test_an_insane_request_id_is_replaced(deployed):
+    response = call(
+        deployed, "GET", "/health", 200, headers={"X-Request-ID": "no spaces; or <tags>"}
+    )
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-ID"])
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_oversized_body_is_a_413_problem_from_nginx(deployed, chunked):
+    body = b'{"agent_id": "' + b"x" * MAX_BODY + b'"}'
+    data = iter([body[i : i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
+    headers = {"X-Request-ID": "e2e-too-large", "Content-Type": "application/json"}
+    response = call(deployed, "POST", "/api/sessions", 413, data=data, headers=headers)
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Request Entity Too Large",
+        "status": 413,
+        "detail": "The data value transmitted exceeds the capacity limit.",
+        "instance": "e2e-too-large",
+    }
+
+
+def test_a_body_at_the_limit_reaches_the_service(deployed):
+    padding = MAX_BODY - len(b'{"agent_id": "", "data": {"p": ""}}') - len("CLAUDE_CODE")
+    body = json.dumps({"agent_id": "CLAUDE_CODE", "data": {"p": "x" * padding}})
+    assert len(body) == MAX_BODY
+    call(
+        deployed,
+        "POST",
+        "/api/sessions",
+        201,
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def test_a_missing_token_is_a_401_problem_through_nginx(deployed):
+    response = requests.get(deployed["http"] + "/api/sessions", timeout=10)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert TOKEN not in deployed["app_log"].read_text()
+
+
+def test_the_socket_is_closed_to_other_users(deployed):
+    assert deployed["socket"].stat().st_mode & 0o777 == 0o770
