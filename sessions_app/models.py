@@ -1,5 +1,6 @@
 """Sessions and their messages, and the writes that own their transactions."""
 
+import json
 import logging
 
 from peewee import (
@@ -9,12 +10,11 @@ from peewee import (
     CompositeKey,
     ForeignKeyField,
     IntegerField,
-    JSONField,
     Model,
     TextField,
 )
 
-from . import jsonio
+from . import jsonio, metrics
 from .db import database
 from .errors import SessionNotFound, StatusConflict
 from .ids import new_message_id, new_session_id
@@ -23,6 +23,22 @@ from .states import ACTIVE, CREATED, FINAL_STATUSES, MESSAGE_STATUS, can_move
 from .timefmt import now_us
 
 logger = logging.getLogger(__name__)
+
+
+class JSONTextField(TextField):
+    """A JSON document stored as the text it was written as.
+
+    PostgreSQL's jsonb rewrites numbers (1e300 reads back as a 301-digit
+    integer that no longer serializes), so ``data`` is text on every database.
+    """
+
+    def db_value(self, value):
+        return None if value is None else jsonio.dumps(value).decode()
+
+    def python_value(self, value):
+        # A table made before this field was text still has a jsonb column,
+        # which the driver hands over already parsed.
+        return json.loads(value) if isinstance(value, str) else value
 
 
 class BaseModel(Model):
@@ -42,7 +58,7 @@ class Session(BaseModel):
     task_id = CharField(max_length=255, null=True)
     status = CharField(max_length=16)
     prompt = TextField(null=True)
-    data = JSONField(dumps=lambda obj: jsonio.dumps(obj).decode())
+    data = JSONTextField()
     created_at = BigIntegerField()
     last_active = BigIntegerField()
     message_count = IntegerField()
@@ -199,6 +215,7 @@ class Message(BaseModel):
                 session=session_id, seq=counted[0][0], message_id=message_id,
                 role=role, content=content, timestamp=now,
             ).execute()
+        metrics.MESSAGES_STORED.labels(role).inc()
         return {"message_id": message_id, "session_id": session_id,
                 "status": MESSAGE_STATUS, "timestamp": now}
 
