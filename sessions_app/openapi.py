@@ -79,7 +79,7 @@ OPERATIONS = {
         200,
         schemas.SessionListSchema,
         query=schemas.SessionListQuerySchema,
-        errors=(422, 503),
+        errors=(400, 422, 503),
     ),
     ("POST", "/api/sessions"): Operation(
         "create_session",
@@ -97,7 +97,7 @@ OPERATIONS = {
         "Returns the session with its prompt, data and message count.",
         200,
         schemas.SessionSchema,
-        errors=(404, 422, 503),
+        errors=(400, 404, 422, 503),
     ),
     ("PATCH", "/api/sessions/{session_id}"): Operation(
         "update_session",
@@ -116,7 +116,7 @@ OPERATIONS = {
         "Delete a session and its messages",
         "A second delete of the same session is a 404.",
         204,
-        errors=(404, 422, 503),
+        errors=(400, 404, 422, 503),
     ),
     ("POST", "/api/sessions/{session_id}/message"): Operation(
         "send_message",
@@ -145,7 +145,7 @@ OPERATIONS = {
         200,
         schemas.MessageListSchema,
         query=schemas.MessageListQuerySchema,
-        errors=(404, 422, 503),
+        errors=(400, 404, 422, 503),
     ),
     ("GET", "/health"): Operation(
         "health",
@@ -170,7 +170,7 @@ OPERATIONS = {
         "This API description (OpenAPI 3.1)",
         "Generate a client from it, or browse it at `/api/docs/`.",
         200,
-        errors=(422, 503),
+        errors=(400, 422, 503),
         tag="service",
     ),
     ("GET", DOCS_PATH + "/"): Operation(
@@ -178,7 +178,7 @@ OPERATIONS = {
         "Interactive documentation (Swagger UI)",
         "Try every operation from the browser; works without internet access.",
         200,
-        errors=(422, 503),
+        errors=(400, 422, 503),
         tag="service",
         media_type="text/html",
     ),
@@ -198,7 +198,7 @@ OUT_SCHEMAS = {
 # -- error responses --------------------------------------------------------
 
 ERRORS = {
-    400: ("BadRequest", "The body is not JSON, or is JSON but not an object."),
+    400: ("BadRequest", "The body is not a JSON object, or the query string is not UTF-8."),
     401: ("Unauthorized", "No bearer token was sent, or it is not one the service knows."),
     403: ("Forbidden", "The token may only read; it cannot change anything."),
     404: ("NotFound", "No session has this id."),

@@ -51,13 +51,13 @@ def test_operations_have_unique_ids_summaries_and_problem_errors(document):
     ("method", "path", "statuses"),
     [
         ("post", "/api/sessions", {"201", "400", "413", "415", "422", "503"}),
-        ("get", "/api/sessions", {"200", "422", "503"}),
+        ("get", "/api/sessions", {"200", "400", "422", "503"}),
         (
             "patch",
             "/api/sessions/{session_id}",
             {"200", "400", "404", "409", "413", "415", "422", "503"},
         ),
-        ("delete", "/api/sessions/{session_id}", {"204", "404", "422", "503"}),
+        ("delete", "/api/sessions/{session_id}", {"204", "400", "404", "422", "503"}),
         (
             "post",
             "/api/sessions/{session_id}/message",
