@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run dev test lint init-db bench clean
+.PHONY: run dev test fuzz lint init-db bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ init-db: $(VENV)/.installed
 ## test: the whole suite (SQLite; PostgreSQL too when TEST_DATABASE_URL is set)
 test: $(VENV)/.installed-test
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## fuzz: a longer, randomised schemathesis pass over the API description (FUZZ_EXAMPLES per operation)
+FUZZ_EXAMPLES ?= 500
+fuzz: $(VENV)/.installed-test
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_contract.py $(PYTEST_ARGS)
 
 ## lint: ruff over the code and the tests
 lint: $(VENV)/.installed-test
