@@ -99,6 +99,15 @@ def test_one_and_one_point_zero_and_true_stay_distinct(api):
     assert_same_json_types(session["data"], data)
 
 
+def test_escaped_surrogate_pairs_are_one_character(client, api):
+    raw = r'{"agent_id": "\ud83e\udd16", "data": {"\ud83d\ude00": "\ud83d\ude00"}}'
+    response = client.post("/api/sessions", data=raw, content_type="application/json")
+    assert response.status_code == 201
+    session = api.get(response.get_json()["id"])
+    assert session["agent_id"] == "\U0001f916"
+    assert session["data"] == {"\U0001f600": "\U0001f600"}
+
+
 def test_charset_parameter_is_accepted(client):
     response = client.post(
         "/api/sessions",

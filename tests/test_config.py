@@ -1,0 +1,53 @@
+"""config: defaults in code, then the environment, then a mapping."""
+
+import pytest
+
+from sessions_app import config
+
+
+def test_defaults_without_environment():
+    loaded = config.load(environ={})
+    assert loaded == {name: default for name, (default, _kind) in config.SETTINGS.items()}
+    assert loaded["DATABASE_URL"] == "sqlite:///var/sessions.sqlite3"
+    assert loaded["MAX_BODY_BYTES"] == 1_048_576
+
+
+def test_environment_overrides_defaults_with_types():
+    environ = {"DATABASE_URL": "postgresql://db/x", "MAX_BODY_BYTES": "2048", "UNRELATED": "1"}
+    loaded = config.load(environ=environ)
+    assert loaded["DATABASE_URL"] == "postgresql://db/x"
+    assert loaded["MAX_BODY_BYTES"] == 2048
+    assert "UNRELATED" not in loaded
+
+
+def test_mapping_overrides_environment():
+    loaded = config.load({"MAX_BODY_BYTES": 10, "TESTING": True}, environ={"MAX_BODY_BYTES": "20"})
+    assert loaded["MAX_BODY_BYTES"] == 10
+    assert loaded["TESTING"] is True
+
+
+def test_from_environ_reads_only_known_names():
+    assert config.from_environ({"PATH": "/bin", "DATABASE_POOL_SIZE": "4"}) == {
+        "DATABASE_POOL_SIZE": 4
+    }
+
+
+def test_environment_is_read_when_loading_not_at_import(monkeypatch):
+    monkeypatch.setenv("RETRY_AFTER_SECONDS", "7")
+    assert config.load()["RETRY_AFTER_SECONDS"] == 7
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"MAX_BODY_BYTES": "1MB"}, "MAX_BODY_BYTES='1MB' is not a valid int"),
+        ({"DATABASE_POOL_SIZE": ""}, "DATABASE_POOL_SIZE='' is not a valid int"),
+        ({"MAX_BODY_BYTES": "0"}, "MAX_BODY_BYTES must be at least 1, not 0"),
+        ({"DATABASE_POOL_SIZE": "-1"}, "DATABASE_POOL_SIZE must be at least 1, not -1"),
+        ({"SQLITE_BUSY_TIMEOUT_MS": "0"}, "SQLITE_BUSY_TIMEOUT_MS must be at least 1, not 0"),
+    ],
+)
+def test_bad_values_are_refused_with_their_name(environ, message):
+    with pytest.raises(ValueError) as raised:
+        config.load(environ=environ)
+    assert str(raised.value) == message
