@@ -18,12 +18,14 @@ fuzz = settings(
 SESSION_FIELDS = ("agent_id", "task_id", "prompt", "data", "status")
 MESSAGE_FIELDS = ("content", "role")
 LIST_PARAMS = ("agent_id", "task_id", "status", "limit", "cursor")
+JSON = "application/json"
 
 text = st.text(max_size=40)
 numbers = (
     st.integers(min_value=-(2**130), max_value=2**130)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.sampled_from([0, -0.0, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 5e-324])
+    | st.sampled_from([1e16, 1e19, -1e19, 1e300, 1.7976931348623157e308, 2.5e-7])
 )
 json_values = st.recursive(
     st.none() | st.booleans() | numbers | text,
@@ -38,6 +40,27 @@ def objects_with(fields):
     return st.builds(lambda a, b: {**b, **a}, known, st.dictionaries(text, json_values, max_size=2))
 
 
+data = st.dictionaries(text, json_values, max_size=5)
+optional_text = st.none() | text
+# Well-formed bodies whose values are anything the schemas might let through:
+# what is stored must also read back (GET, lists) without a 5xx.
+storable_creates = st.fixed_dictionaries(
+    {"agent_id": st.text(min_size=1, max_size=20)},
+    optional={"task_id": optional_text, "prompt": optional_text, "data": data},
+)
+storable_patches = st.fixed_dictionaries(
+    {},
+    optional={
+        "data": data,
+        "prompt": optional_text,
+        "status": st.sampled_from(["created", "active", "paused", "completed", "failed"]),
+    },
+)
+storable_messages = st.fixed_dictionaries(
+    {"content": text}, optional={"role": st.sampled_from(["user", "assistant", "system"])}
+)
+
+
 def nested(depth):
     value = {}
     for _ in range(depth):
@@ -46,6 +69,7 @@ def nested(depth):
 
 
 def encoded(value):
+    """Encode with the standard library, which (unlike orjson) writes any integer."""
     return json.dumps(value).encode()
 
 
@@ -130,11 +154,42 @@ def assert_not_server_error(response):
     assert response.status_code < 500, response.get_data(as_text=True)
 
 
+def assert_reads_back(client, session_id):
+    for path in (f"/api/sessions/{session_id}", f"/api/sessions/{session_id}/messages"):
+        assert_not_server_error(client.get(path))
+    assert_not_server_error(client.get("/api/sessions", query_string={"limit": 3}))
+
+
 @fuzz
 @given(body=bodies, content_type=content_types)
 def test_create_session_never_fails(client, body, content_type):
     response = client.post("/api/sessions", data=body, content_type=content_type)
     assert_not_server_error(response)
+
+
+@fuzz
+@given(body=storable_creates)
+def test_stored_session_reads_back(client, body):
+    response = client.post("/api/sessions", data=encoded(body), content_type=JSON)
+    assert_not_server_error(response)
+    if response.status_code == 201:
+        assert_reads_back(client, response.get_json()["id"])
+
+
+@fuzz
+@given(body=storable_patches)
+def test_patched_session_reads_back(client, session_id, body):
+    response = client.patch(f"/api/sessions/{session_id}", data=encoded(body), content_type=JSON)
+    assert_not_server_error(response)
+    assert_reads_back(client, session_id)
+
+
+@fuzz
+@given(body=storable_messages)
+def test_stored_message_reads_back(client, session_id, body):
+    path = f"/api/sessions/{session_id}/message"
+    assert_not_server_error(client.post(path, data=encoded(body), content_type=JSON))
+    assert_reads_back(client, session_id)
 
 
 @fuzz
