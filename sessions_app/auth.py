@@ -11,7 +11,6 @@ import hmac
 import ipaddress
 
 from flask import current_app, request
-from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Forbidden, Unauthorized
 
 REALM = "sessions-api"
@@ -21,15 +20,17 @@ OPEN_PATHS = ("/api/openapi.json", "/api/docs")
 
 class TokenRequired(Unauthorized):
     def __init__(self, invalid=False):
-        values = {"realm": REALM}
+        # realm must be a quoted string (RFC 7235); Werkzeug's
+        # WWWAuthenticate writes it bare, so the header is written here.
+        self.challenge = f'Bearer realm="{REALM}"'
         if invalid:
-            values["error"] = "invalid_token"
-        detail = (
-            "The bearer token is not valid."
-            if invalid
-            else "This endpoint needs an 'Authorization: Bearer <token>' header."
-        )
-        super().__init__(detail, www_authenticate=WWWAuthenticate("bearer", values))
+            self.challenge += ', error="invalid_token"'
+            super().__init__("The bearer token is not valid.")
+        else:
+            super().__init__("This endpoint needs an 'Authorization: Bearer <token>' header.")
+
+    def get_headers(self, environ=None, scope=None):
+        return [*super().get_headers(environ, scope), ("WWW-Authenticate", self.challenge)]
 
 
 class ReadOnlyToken(Forbidden):

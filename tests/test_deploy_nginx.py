@@ -168,7 +168,7 @@ def test_every_endpoint_works_through_nginx(deployed):
     call(deployed, "GET", location, 404)
     assert call(deployed, "GET", "/health", 200).json() == {"status": "ok"}
     metrics = call(deployed, "GET", "/metrics", 200).text
-    assert 'route="/api/sessions/<session_id:session_id>/messages",status="201"' in metrics
+    assert 'sessions_messages_stored_total{role="system"} 1.0' in metrics
 
 
 def test_the_service_sees_the_forwarded_address_and_scheme(deployed):
