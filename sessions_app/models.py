@@ -87,7 +87,8 @@ class Session(BaseModel):
             "last_active": now,
             "message_count": 0,
         }
-        cls.insert(row).execute()
+        with database.atomic():  # a write transaction, so it queues (db.WriterQueue)
+            cls.insert(row).execute()
         logger.info("Created session %s for agent %s", row["id"], agent_id)
         return row
 
@@ -148,9 +149,9 @@ class Session(BaseModel):
     @classmethod
     def remove(cls, session_id):
         """Delete the session and its messages, or raise ``SessionNotFound``."""
-        deleted = list(
-            cls.delete().where(cls.id == session_id).returning(cls.message_count).tuples().execute()
-        )
+        with database.atomic():
+            query = cls.delete().where(cls.id == session_id).returning(cls.message_count)
+            deleted = list(query.tuples().execute())
         if not deleted:
             raise SessionNotFound(session_id)
         logger.info("Deleted session %s (%d messages)", session_id, deleted[0][0])
