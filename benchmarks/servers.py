@@ -38,6 +38,7 @@ class Server:
             BIND=f"127.0.0.1:{self.port}",
             GUNICORN_CONTROL_SOCKET=str(self.workdir / f"{self.name}.ctl"),
             DATABASE_URL=self.database_url,
+            PROMETHEUS_MULTIPROC_DIR=str(self.workdir / f"{self.name}-metrics"),
         )
         # The log, request lines included, goes to a file as it would in production.
         with open(self.workdir / f"{self.name}.log", "ab") as log:
