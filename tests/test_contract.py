@@ -63,3 +63,10 @@ def test_a_ten_digit_message_cursor_is_read_as_a_cursor(api):
     session = api.create()
     api.send(session["id"])
     assert api.messages(session["id"], cursor="2147483646")["messages"] == []
+
+
+def test_large_floats_in_data_come_back_as_sent(api):
+    data = {"big": 1e300, "wide": -1e20, "small": [1.5e-7], "max": 2**63 - 1}
+    session = api.create(data=data)
+    assert api.get(session["id"])["data"] == data
+    assert api.patch(session["id"], status="active")["data"] == data
