@@ -117,6 +117,8 @@ def test_charset_parameter_is_accepted(client):
     assert response.status_code == 201
 
 
+TOO_BIG = "At /n: integers must fit in 64 bits."
+TOO_BIG_0 = "At /n/0: integers must fit in 64 bits."
 NUL = "a\x00b"
 SURROGATE = "a\ud800b"
 DEEP = {"a": {}}
@@ -211,6 +213,22 @@ def test_non_finite_numbers_are_refused(client, api, raw):
     response = client.post("/api/sessions", data=raw, content_type="application/json")
     assert response.status_code in (400, 422)
     assert response.mimetype == "application/problem+json"
+    assert api.list()["sessions"] == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "errors"),
+    [
+        ('{"agent_id": "x", "data": {"n": 1%s}}' % ("0" * 5000), {"data": [TOO_BIG]}),
+        ('{"agent_id": "x", "data": {"n": -1%s}}' % ("0" * 5000), {"data": [TOO_BIG]}),
+        ('{"agent_id": "x", "data": {"n": [%s]}}' % ("9" * 20), {"data": [TOO_BIG_0]}),
+        ('{"agent_id": "x", "data": {"n": -%s}}' % ("9" * 19), {"data": [TOO_BIG]}),
+        ('{"agent_id": 1%s}' % ("0" * 5000), {"agent_id": ["Not a valid string."]}),
+    ],
+)
+def test_integers_of_any_length_are_valid_json_but_too_large(client, api, raw, errors):
+    response = client.post("/api/sessions", data=raw, content_type="application/json")
+    assert_problem(response, invalid(**errors))
     assert api.list()["sessions"] == []
 
 
