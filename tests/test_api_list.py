@@ -115,6 +115,24 @@ def test_filters_match_exactly(api, fleet, params, match):
     assert ids(api.list(**params)) == newest_first(fleet, **match)
 
 
+@pytest.mark.parametrize(
+    ("stored", "others"),
+    [
+        ("caf\u00e9", ["cafe\u0301", "CAF\u00c9", "cafe"]),
+        ("agent", ["agent ", " agent", "Agent", "agen", "agent\t"]),
+        ("a%b_c", ["a%", "a_b_c", "axb_c"]),
+        ("\U0001f916" * 255, ["\U0001f916" * 254]),
+    ],
+)
+@pytest.mark.parametrize("name", ["agent_id", "task_id"])
+def test_filters_match_text_exactly(api, name, stored, others):
+    body = {"agent_id": "x", "task_id": "t", name: stored}
+    wanted = api.create(**body)["id"]
+    for other in others:
+        api.create(**{**body, name: other})
+    assert ids(api.list(**{name: stored})) == [wanted]
+
+
 @pytest.mark.parametrize("limit", [1, 2, 3, 4, 9, 10])
 @pytest.mark.parametrize(
     "filters", [{}, {"status": "active,paused,created"}, {"agent_id": "CLAUDE_CODE"}]
