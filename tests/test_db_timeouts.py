@@ -1,0 +1,45 @@
+"""PostgreSQL connections carry the timeouts that turn an outage into a quick 503."""
+
+import os
+
+import pytest
+
+from sessions_app import config, create_app, db
+
+
+def postgres(url, **settings):
+    return db.make_database(config.load({"DATABASE_URL": url, **settings}))
+
+
+def test_connections_get_the_configured_timeouts():
+    database = postgres("postgresql://u@db.internal:5432/sessions")
+    assert database.connect_params["connect_timeout"] == 3
+    assert database.connect_params["options"] == "-c statement_timeout=10000"
+
+
+def test_the_settings_change_them():
+    database = postgres(
+        "postgresql://u@db.internal/sessions",
+        DATABASE_CONNECT_TIMEOUT=1,
+        DATABASE_STATEMENT_TIMEOUT_MS=2500,
+    )
+    assert database.connect_params["connect_timeout"] == 1
+    assert database.connect_params["options"] == "-c statement_timeout=2500"
+
+
+def test_the_urls_own_values_win():
+    database = postgres("postgresql://u@db.internal/sessions?connect_timeout=7")
+    assert database.connect_params["connect_timeout"] == 7
+
+
+@pytest.mark.skipif(not os.environ.get("TEST_DATABASE_URL"), reason="TEST_DATABASE_URL is not set")
+def test_the_server_applies_the_statement_timeout():
+    create_app(
+        {"DATABASE_URL": os.environ["TEST_DATABASE_URL"], "DATABASE_STATEMENT_TIMEOUT_MS": 1234}
+    )
+    try:
+        with db.database.connection_context():
+            (value,) = db.database.execute_sql("SHOW statement_timeout").fetchone()
+    finally:
+        db.database.close_all()
+    assert value == "1234ms"
