@@ -71,6 +71,21 @@ def test_summaries_have_exactly_the_seed_keys(api, fleet):
         assert summary == {key: session[key] for key in SUMMARY_KEYS}
 
 
+def test_summaries_follow_messages_and_updates(api):
+    first, second = api.create(), api.create()
+    for _ in range(3):
+        receipt = api.send(first["id"])
+    updated = api.patch(second["id"], status="paused")
+    page = api.list()["sessions"]
+    assert [s["id"] for s in page] == [second["id"], first["id"]]
+    assert page[1]["message_count"] == 3
+    assert page[1]["status"] == "active"
+    assert page[1]["last_active"] == receipt["timestamp"]
+    assert page[0]["status"] == "paused"
+    assert page[0]["last_active"] == updated["last_active"]
+    assert page[0]["created_at"] == second["created_at"]
+
+
 def test_newest_first(api, fleet):
     assert ids(api.list()) == newest_first(fleet)
 
