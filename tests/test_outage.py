@@ -26,6 +26,7 @@ pytestmark = pytest.mark.server
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 CLIENTS = 6
+WORKERS = 2
 BEFORE, DOWN, AFTER = 2.0, 3.0, 3.0  # seconds of load before, during and after the outage
 CLIENT_TIMEOUT = 25  # below Gunicorn's 30 s timeout: a request that needs longer hung
 
@@ -161,7 +162,7 @@ def server(cluster):
             run,
             BIND=f"127.0.0.1:{port}",
             DATABASE_URL=cluster.url,
-            WEB_CONCURRENCY="2",
+            WEB_CONCURRENCY=str(WORKERS),
             GUNICORN_THREADS="4",
         )
         base = f"http://127.0.0.1:{port}"
@@ -174,7 +175,7 @@ def server(cluster):
 
 def test_a_database_outage_is_503_then_recovers_without_losing_a_write(cluster, server):
     base, gunicorn, log_path = server
-    workers = worker_pids(gunicorn.pid)
+    workers = all_workers(gunicorn.pid)
     load = Load(base)
     load.start()
     try:
@@ -214,6 +215,15 @@ def test_a_database_outage_is_503_then_recovers_without_losing_a_write(cluster, 
     assert requests.get(f"{base}/health", timeout=10).status_code == 200
     assert_all_acknowledged_writes_are_there(base, load)
     assert "Traceback" not in log_path.read_text()
+
+
+def all_workers(master_pid, expected=WORKERS):
+    """Return the worker PIDs once all ``expected`` workers have started."""
+    deadline = time.monotonic() + 30
+    while len(workers := worker_pids(master_pid)) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(workers) == expected, workers
+    return workers
 
 
 def assert_all_acknowledged_writes_are_there(base, load):
