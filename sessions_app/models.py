@@ -19,6 +19,7 @@ from .db import database
 from .errors import SessionNotFound, StatusConflict
 from .ids import new_message_id, new_session_id
 from .merge_patch import merge_patch
+from .prepared import Prepared
 from .states import ACTIVE, CREATED, FINAL_STATUSES, MESSAGE_STATUS, can_move
 from .timefmt import now_us
 
@@ -95,32 +96,33 @@ class Session(BaseModel):
     @classmethod
     def fetch(cls, session_id):
         """Return the session as a dict, or raise ``SessionNotFound``."""
-        row = cls.select().where(cls.id == session_id).dicts().first()
-        if row is None:
+        rows = _session_by_id.rows(session_id=session_id)
+        if not rows:
             raise SessionNotFound(session_id)
-        return row
+        return rows[0]
 
     @classmethod
     def page(cls, limit, cursor=None, agent_id=None, task_id=None, status=None):
         """Return up to ``limit + 1`` summaries, newest first, after ``cursor``."""
+        if not status or len(status) == 1:
+            return _session_page.rows(
+                limit=limit + 1, agent_id=agent_id, task_id=task_id, cursor=cursor,
+                status=status[0] if status else None,
+            )
         fields = (cls.id, cls.agent_id, cls.task_id, cls.status,
                   cls.created_at, cls.last_active, cls.message_count)
         query = cls.select(*fields)
         for field, value in ((cls.agent_id, agent_id), (cls.task_id, task_id), (cls.id, cursor)):
             if value is not None:
                 query = query.where(field < value if field is cls.id else field == value)
-        if status and len(status) > 1:
-            # One range scan per status on (…, status, id), merged; an IN
-            # list would read every matching row and sort them all.
-            parts = [query.where(cls.status == s).order_by(cls.id.desc()).limit(limit + 1)
-                     for s in status]
-            union = parts[0]
-            for part in parts[1:]:
-                union = union + part
-            return list(union.order_by(cls.id.desc()).limit(limit + 1).dicts())
-        if status:
-            query = query.where(cls.status == status[0])
-        return list(query.order_by(cls.id.desc()).limit(limit + 1).dicts())
+        # One range scan per status on (…, status, id), merged; an IN list
+        # would read every matching row and sort them all.
+        parts = [query.where(cls.status == s).order_by(cls.id.desc()).limit(limit + 1)
+                 for s in status]
+        union = parts[0]
+        for part in parts[1:]:
+            union = union + part
+        return list(union.order_by(cls.id.desc()).limit(limit + 1).dicts())
 
     @classmethod
     def change(cls, session_id, patch):
@@ -198,24 +200,14 @@ class Message(BaseModel):
         """Store a message and count it on its session, in one transaction."""
         with database.atomic():
             now = now_us()
-            counted = list(
-                Session.update(
-                    message_count=Session.message_count + 1,
-                    last_active=now,
-                    status=Case(None, [(Session.status == CREATED, ACTIVE)], Session.status),
-                )
-                .where((Session.id == session_id) & Session.status.not_in(FINAL_STATUSES))
-                .returning(Session.message_count)
-                .tuples()
-                .execute()
-            )
+            counted = _count_message.execute(session_id=session_id, now=now).fetchall()
             if not counted:
                 _refuse_message(session_id)
             message_id = new_message_id(now)
-            cls.insert(
-                session=session_id, seq=counted[0][0], message_id=message_id,
+            _store_message.execute(
+                session_id=session_id, seq=counted[0][0], message_id=message_id,
                 role=role, content=content, timestamp=now,
-            ).execute()
+            )
         metrics.MESSAGES_STORED.labels(role).inc()
         return {"message_id": message_id, "session_id": session_id,
                 "status": MESSAGE_STATUS, "timestamp": now}
@@ -223,14 +215,7 @@ class Message(BaseModel):
     @classmethod
     def page(cls, session_id, limit, after=0):
         """Return up to ``limit + 1`` messages of a session, oldest first."""
-        rows = list(
-            cls.select(cls.message_id, cls.session.alias("session_id"), cls.role,
-                       cls.content, cls.seq, cls.timestamp)
-            .where((cls.session == session_id) & (cls.seq > after))
-            .order_by(cls.seq)
-            .limit(limit + 1)
-            .dicts()
-        )
+        rows = _message_page.rows(session_id=session_id, after=after, limit=limit + 1)
         if not rows and not Session.select().where(Session.id == session_id).exists():
             raise SessionNotFound(session_id)
         return rows
@@ -242,5 +227,56 @@ def _refuse_message(session_id):
         raise SessionNotFound(session_id)
     raise StatusConflict(status, message=True)
 
+
+# -- the hot statements, generated once per database (see prepared.py) -------
+
+_session_by_id = Prepared(
+    lambda session_id: Session.select().where(Session.id == session_id),
+    convert={"data": Session.data.python_value},
+)
+
+
+def _session_page_query(limit, agent_id=None, task_id=None, cursor=None, status=None):
+    query = Session.select(
+        Session.id, Session.agent_id, Session.task_id, Session.status,
+        Session.created_at, Session.last_active, Session.message_count,
+    )
+    for field, value in ((Session.agent_id, agent_id), (Session.task_id, task_id),
+                         (Session.status, status)):
+        if value is not None:
+            query = query.where(field == value)
+    if cursor is not None:
+        query = query.where(Session.id < cursor)
+    return query.order_by(Session.id.desc()).limit(limit)
+
+
+_session_page = Prepared(_session_page_query)
+
+_count_message = Prepared(
+    lambda session_id, now: Session.update(
+        message_count=Session.message_count + 1,
+        last_active=now,
+        status=Case(None, [(Session.status == CREATED, ACTIVE)], Session.status),
+    )
+    .where((Session.id == session_id) & Session.status.not_in(FINAL_STATUSES))
+    .returning(Session.message_count)
+)
+
+_store_message = Prepared(
+    lambda session_id, seq, message_id, role, content, timestamp: Message.insert(
+        session=session_id, seq=seq, message_id=message_id, role=role, content=content,
+        timestamp=timestamp,
+    )
+)
+
+_message_page = Prepared(
+    lambda session_id, after, limit: Message.select(
+        Message.message_id, Message.session.alias("session_id"), Message.role,
+        Message.content, Message.seq, Message.timestamp,
+    )
+    .where((Message.session == session_id) & (Message.seq > after))
+    .order_by(Message.seq)
+    .limit(limit)
+)
 
 MODELS = (Session, Message)
