@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -189,8 +190,21 @@ def test_the_request_id_follows_the_request_through_both_logs(deployed):
     line = request_line(deployed["app_log"], "e2e-trace-1")
     assert (line["method"], line["route"], line["status"]) == ("POST", "/api/sessions", 201)
     assert line["session_id"].startswith("session-")
-    nginx_lines = [json.loads(text) for text in deployed["nginx_log"].read_text().splitlines()]
-    assert any(entry["request_id"] == "e2e-trace-1" for entry in nginx_lines)
+    entry = nginx_log_entry(deployed["nginx_log"], "e2e-trace-1")
+    assert (entry["method"], entry["uri"], entry["status"]) == ("POST", "/api/sessions", 201)
+
+
+def nginx_log_entry(path, request_id):
+    """Return nginx's access-log entry for ``request_id``, waiting for nginx to write it."""
+    # nginx writes the line after it has sent the response.
+    deadline = time.monotonic() + 10
+    while True:
+        for text in path.read_text().splitlines():
+            entry = json.loads(text)
+            if entry["request_id"] == request_id:
+                return entry
+        assert time.monotonic() < deadline, f"no access-log line for {request_id}"
+        time.sleep(0.05)
 
 
 def test_an_insane_request_id_is_replaced(deployed):
