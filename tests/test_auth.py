@@ -1,6 +1,11 @@
 """Bearer tokens on /api: read-write, read-only, constant-time, open paths, start warning."""
 
+import tempfile
+import time
+from pathlib import Path
+
 import pytest
+from servers import log_lines, start_gunicorn, stop
 
 from sessions_app import auth, create_app, db
 
@@ -161,3 +166,33 @@ def test_no_warning_when_tokens_are_set(name):
 
 def settings(**values):
     return {"SESSIONS_API_TOKENS": "", "SESSIONS_API_READONLY_TOKENS": "", **values}
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("tokens", ["", "t0ken"], ids=["no-tokens", "tokens"])
+def test_gunicorn_warns_at_start_when_open_without_tokens(tokens):
+    with tempfile.TemporaryDirectory(prefix="sessions-warn-") as folder:
+        run = Path(folder)
+        gunicorn = start_gunicorn(
+            run,
+            BIND=f"unix:{run}/gunicorn.sock",
+            DATABASE_URL=f"sqlite:///{run}/sessions.sqlite3",
+            SESSIONS_API_TOKENS=tokens,
+            WEB_CONCURRENCY="1",
+        )
+        try:
+            log = run / "gunicorn.log"
+            deadline = time.monotonic() + 30
+            # when_ready runs before the first worker boots.
+            while "Booting worker" not in log.read_text() and time.monotonic() < deadline:
+                assert gunicorn.poll() is None, log.read_text()
+                time.sleep(0.1)
+        finally:
+            stop(gunicorn)
+        warnings = [line for line in log_lines(log) if line["level"] == "WARNING"]
+    if tokens:
+        assert warnings == []
+    else:
+        (warning,) = warnings
+        assert warning["message"].startswith("SESSIONS_API_TOKENS is not set")
+        assert f"unix:{run}/gunicorn.sock" in warning["message"]
