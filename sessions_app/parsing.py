@@ -28,12 +28,20 @@ def load_json(schema):
     return schema.load(body)
 
 
+_loaded_from_nothing = {}  # schema -> what it loads from an empty query string
+
+
 def load_query(schema):
     """Load the query string with ``schema``; a parameter given twice is a 422.
 
     400 when the query string is not UTF-8 (Gunicorn refuses raw non-ASCII
     bytes itself, but other WSGI servers pass them on to Werkzeug).
     """
+    if not request.query_string:
+        # Most requests have none, and what a schema makes of none never changes.
+        if schema not in _loaded_from_nothing:
+            _loaded_from_nothing[schema] = schema.load({})
+        return dict(_loaded_from_nothing[schema])
     try:
         args = _query_args()
     except UnicodeDecodeError:
