@@ -5,7 +5,7 @@ from urllib.parse import parse_qsl
 from flask import request
 from marshmallow import ValidationError
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from .errors import InvalidBody
 from .jsonio import BodyError, parse_body
@@ -20,12 +20,23 @@ def load_json(schema):
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the body as JSON, with Content-Type: application/json.")
     try:
-        body = parse_body(request.get_data(cache=False))
+        body = parse_body(_body_bytes())
     except BodyError as exc:
         raise InvalidBody(str(exc)) from None
     if not isinstance(body, dict):
         raise InvalidBody("The body must be a JSON object.")
     return schema.load(body)
+
+
+def _body_bytes():
+    raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    # Sent chunked (no Content-Length), a body is cut at the limit by Werkzeug
+    # and handed over as if it were whole: one more byte means it was larger.
+    chunked = request.content_length is None and limit is not None
+    if chunked and len(raw) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return raw
 
 
 _loaded_from_nothing = {}  # schema -> what it loads from an empty query string
@@ -56,6 +67,7 @@ def _query_args():
     # Werkzeug keeps percent-escapes that are not UTF-8 as literal text
     # ("%ED%A0%80" stays nine characters); decoded as lone surrogates instead,
     # the text fields refuse them with a 422 naming the parameter.
-    pairs = parse_qsl(request.query_string.decode(), keep_blank_values=True,
-                      errors="surrogateescape")
+    pairs = parse_qsl(
+        request.query_string.decode(), keep_blank_values=True, errors="surrogateescape"
+    )
     return MultiDict(pairs)
