@@ -1,9 +1,11 @@
 """The conventions every endpoint shares: problem bodies, 400/405/413/415/422/503."""
 
+import io
 import json
 
 import pytest
 from problems import BAD_TEXT, INVALID, assert_no_leak, assert_problem, invalid, problem
+from werkzeug.test import EnvironBuilder
 
 from sessions_app import create_app, db
 
@@ -125,6 +127,32 @@ def test_the_body_limit_is_configurable(database_url):
             client.post("/api/sessions", data=small, content_type="application/json").status_code
             == 201
         )
+    finally:
+        db.database.close_all()
+
+
+@pytest.mark.parametrize(("padding", "status"), [(0, 201), (1, 413), (10_000, 413)])
+def test_a_chunked_body_over_the_limit_is_413(database_url, padding, status):
+    # Sent chunked, a body has no Content-Length to check before reading it.
+    app = create_app({"TESTING": True, "DATABASE_URL": database_url, "MAX_BODY_BYTES": 100})
+    db.init_db()
+    body = json.dumps({"agent_id": "x", "prompt": ""}).encode()
+    body = body[:-2] + b"p" * (100 - len(body)) + b'"}' + b" " * padding
+    environ = EnvironBuilder(
+        "/api/sessions",
+        method="POST",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+    ).get_environ()
+    del environ["CONTENT_LENGTH"]
+    environ["wsgi.input_terminated"] = True
+    try:
+        response = app.test_client().open(environ)
+        assert response.status_code == status, response.get_json()
+        if status == 413:
+            assert_problem(
+                response, problem(413, "The data value transmitted exceeds the capacity limit.")
+            )
     finally:
         db.database.close_all()
 
