@@ -168,6 +168,9 @@ def test_every_endpoint_works_through_nginx(deployed):
     call(deployed, "DELETE", location, 204)
     call(deployed, "GET", location, 404)
     assert call(deployed, "GET", "/health", 200).json() == {"status": "ok"}
+    # The API's description is open: no token sent.
+    assert requests.get(deployed["http"] + "/api/openapi.json", timeout=10).status_code == 200
+    assert requests.get(deployed["http"] + "/api/docs/", timeout=10).status_code == 200
     metrics = call(deployed, "GET", "/metrics", 200).text
     assert 'sessions_messages_stored_total{role="system"} 1.0' in metrics
 
