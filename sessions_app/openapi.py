@@ -259,8 +259,9 @@ def _custom_field_properties(self, field, **kwargs):
             "propertyNames": {"pattern": NO_NUL},
             "additionalProperties": {"$ref": "#/components/schemas/JSONValue"},
             "description": (
-                f"A JSON object: no NUL or unpaired surrogates in any key or string, "
-                f"integers within 64 bits, nesting at most {MAX_JSON_DEPTH} levels."
+                f"{field.metadata.get('description', 'A JSON object.')} No NUL or unpaired "
+                f"surrogates in any key or string, integers within 64 bits, nesting at "
+                f"most {MAX_JSON_DEPTH} levels."
             ),
         }
     if isinstance(field, ma_fields.Constant):

@@ -20,37 +20,73 @@ _not_issued = "Not a cursor this service issued."
 # -- In ---------------------------------------------------------------------
 
 
+def _about(text):
+    """Describe a field for the API description (sessions_app/openapi.py)."""
+    return {"metadata": {"description": text}}
+
+
 class SessionCreateSchema(Schema):
-    agent_id = Text(required=True, validate=[validate.Length(1, 255), NotBlank()])
-    task_id = Text(allow_none=True, validate=validate.Length(max=255))
-    prompt = Text(allow_none=True)
-    data = JSONObject(keys=fields.String())
+    agent_id = Text(
+        required=True,
+        validate=[validate.Length(1, 255), NotBlank()],
+        **_about("The agent running the session, e.g. CLAUDE_CODE."),
+    )
+    task_id = Text(
+        allow_none=True,
+        validate=validate.Length(max=255),
+        **_about("The task the session works on."),
+    )
+    prompt = Text(allow_none=True, **_about("The initial prompt, stored exactly as sent."))
+    data = JSONObject(keys=fields.String(), **_about("Free-form data, {} by default."))
 
 
 class SessionUpdateSchema(Schema):
-    status = fields.String(validate=validate.OneOf(states.STATUSES))
-    data = JSONObject(keys=fields.String())
-    prompt = Text(allow_none=True)
+    status = fields.String(
+        validate=validate.OneOf(states.STATUSES),
+        **_about("The new status; completed and failed are final."),
+    )
+    data = JSONObject(
+        keys=fields.String(),
+        **_about("Merged into the stored data (JSON Merge Patch): null removes a key."),
+    )
+    prompt = Text(allow_none=True, **_about("Replaces the prompt; null clears it."))
 
 
 class SessionListQuerySchema(Schema):
-    agent_id = Text(**_name)
+    agent_id = Text(**_name, **_about("Only sessions of this agent (exact match)."))
     # A session may have the task "" (only agent_id must not be blank), so
     # the filter takes "" too: it finds exactly those sessions.
-    task_id = Text(validate=validate.Length(max=255))
-    status = CommaList(states.STATUSES)
-    limit = QueryInt(**_limit)
-    cursor = Text(validate=validate.Regexp(f"^{SESSION_ID_PATTERN}$", error=_not_issued))
+    task_id = Text(
+        validate=validate.Length(max=255), **_about("Only sessions of this task (exact match).")
+    )
+    status = CommaList(
+        states.STATUSES,
+        **_about("Only sessions in this status, or in any of several: active,paused."),
+    )
+    limit = QueryInt(**_limit, **_about("Sessions per page."))
+    cursor = Text(
+        validate=validate.Regexp(f"^{SESSION_ID_PATTERN}$", error=_not_issued),
+        **_about("The next_cursor of the previous page."),
+    )
 
 
 class MessageCreateSchema(Schema):
-    content = Text(required=True, validate=NotBlank())
-    role = fields.String(load_default=states.DEFAULT_ROLE, validate=validate.OneOf(states.ROLES))
+    content = Text(
+        required=True, validate=NotBlank(), **_about("The message, stored exactly as sent.")
+    )
+    role = fields.String(
+        load_default=states.DEFAULT_ROLE,
+        validate=validate.OneOf(states.ROLES),
+        **_about("Who speaks."),
+    )
 
 
 class MessageListQuerySchema(Schema):
-    limit = QueryInt(**_limit)
-    cursor = QueryInt(validate=validate.Range(1, 2**31 - 1, error=_not_issued))
+    limit = QueryInt(**_limit, **_about("Messages per page."))
+    cursor = QueryInt(
+        validate=validate.Range(1, 2**31 - 1, error=_not_issued),
+        **_about("The next_cursor of the previous page."),
+    )
 
 
 class NoQuerySchema(Schema):

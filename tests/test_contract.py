@@ -17,7 +17,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from sessions_app import create_app
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 # A fixed seed in the bounded pass, so the suite gives the same answer on
 # every run; the longer pass explores anew each time.
 SETTINGS = settings(
