@@ -16,7 +16,7 @@ from flask import Blueprint, current_app
 from flask_swagger_ui import get_swaggerui_blueprint
 from marshmallow import fields as ma_fields
 
-from . import jsonio, schemas
+from . import auth, jsonio, schemas
 from .fields import MAX_JSON_DEPTH, CommaList, JSONObject, NotBlank, Text, Timestamp
 from .ids import SESSION_ID_PATTERN
 from .parsing import load_query
@@ -289,7 +289,7 @@ def build_document(url_map, secured=False):
     for (method, path), operation in OPERATIONS.items():
         if (method, path) in routes:
             document = _operation(operation)
-            if secured and operation.tag == "sessions":
+            if secured and path.startswith("/api/") and not path.startswith(auth.OPEN_PATHS):
                 _require_token(document, method)
             paths.setdefault(path, {})[method.lower()] = document
     for path, operations in paths.items():
