@@ -5,7 +5,7 @@ import re
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from sessions_app import create_app, openapi
+from sessions_app import create_app, db, openapi
 
 
 @pytest.fixture
@@ -106,7 +106,10 @@ def test_create_links_to_the_session_operations(document):
 
 def test_a_secured_service_documents_its_token(database_url):
     app = create_app({"DATABASE_URL": database_url, "SESSIONS_API_TOKENS": "secret"})
-    response = app.test_client().get("/api/openapi.json")
+    try:
+        response = app.test_client().get("/api/openapi.json")
+    finally:
+        db.database.close_all()
     assert response.status_code == 200  # open: a browser on /api/docs sends no token
     document = response.get_json()
     validate(document, cls=OpenAPIV31SpecValidator)
