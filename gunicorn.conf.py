@@ -25,13 +25,23 @@ bind = [
 umask = int(os.environ.get("GUNICORN_UMASK", "0o007"), 8)
 group = os.environ.get("GUNICORN_GROUP") or None
 
-# Threads overlap the time a request waits on the database; one connection
-# per thread (the pool size below) means no request waits for a connection.
+# Chosen with benchmarks/ (README.rst, Performance), 16 connections, SQLite,
+# every setting measured side by side in one run on a 2-core machine:
+# - gthread, not sync: sync workers drop keep-alive and hold one request
+#   each; 4 sync workers sent 760 messages/s where 2 x 4 gthread sent 1,010.
+# - one worker per core: 1 x 8 threads read 25 % less than 2 x 4; 4 x 4
+#   read no faster than 2 x 4 and doubled the p99 of a GET (83 ms vs 24).
+# - 4 threads: they overlap the time a request waits on the database; 2
+#   listed 30 % slower, 8 no faster with a worse p99 and more memory.
+# One connection per thread (the pool size below): no request waits for one.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 os.environ.setdefault("DATABASE_POOL_SIZE", str(threads))
 
+# Clients (and nginx's upstream keepalive) reuse connections: closing each
+# one (keepalive = 0) cost GETs 28 % of their throughput.  5 s and 30 s
+# measured the same; 5 s frees an idle client's thread sooner.
 keepalive = 5
 timeout = 30
 graceful_timeout = 30
