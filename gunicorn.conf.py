@@ -41,7 +41,7 @@ os.environ.setdefault("DATABASE_POOL_SIZE", str(threads))
 
 # Clients (and nginx's upstream keepalive) reuse connections: closing each
 # one (keepalive = 0) cost GETs 28 % of their throughput.  5 s and 30 s
-# measured the same; 5 s frees an idle client's thread sooner.
+# measured the same; 5 s lets go of idle clients' sockets sooner.
 keepalive = 5
 timeout = 30
 graceful_timeout = 30
