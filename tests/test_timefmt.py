@@ -1,12 +1,15 @@
 """timefmt: integer microseconds and their RFC 3339 UTC form."""
 
+import random
 import re
 import time
+from datetime import datetime, timedelta
 
 import pytest
 
 from sessions_app.timefmt import format_us, now_us
 
+EPOCH = datetime(1970, 1, 1)
 RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 
 
@@ -39,3 +42,13 @@ def test_now_is_integer_microseconds_of_the_wall_clock():
     assert isinstance(now, int)
     assert before <= now <= after
     assert RFC3339_UTC.fullmatch(format_us(now))
+
+
+def test_format_us_agrees_with_datetime_everywhere():
+    rng = random.Random(7)
+    base = 1_705_399_200_000_000
+    values = [rng.randrange(0, 253_402_300_800_000_000) for _ in range(2000)]
+    values += [base + rng.randrange(-3_000_000, 3_000_000) for _ in range(2000)]
+    for us in values:
+        reference = (EPOCH + timedelta(microseconds=us)).isoformat(timespec="microseconds")
+        assert format_us(us) == reference + "Z"
