@@ -12,13 +12,10 @@ import threading
 from urllib.parse import urlparse
 
 import click
-import psycopg.types.json
 from peewee import DatabaseProxy, PostgresqlDatabase
 from playhouse.db_url import parse as parse_url
 from playhouse.pool import PooledSqliteDatabase
 from playhouse.postgres_ext import PooledPsycopg3Database
-
-from . import jsonio
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +63,6 @@ def make_database(config):
         params.setdefault(
             "options", f"-c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']}"
         )
-        # jsonb keeps numbers as decimals and writes 1e300 as 1 and 300 zeros;
-        # read such integers back as the floats they were sent as.
-        psycopg.types.json.set_json_loads(jsonio.loads_stored)
         return PooledPsycopg3Database(**params, **pool)
     raise ValueError(
         f"DATABASE_URL must start with sqlite://, postgres:// or postgresql://, not {scheme}://"
@@ -150,6 +144,10 @@ class QueuedSqliteDatabase(PooledSqliteDatabase):
 
 def init_app(app):
     """Bind the database to ``app``'s configuration and hook it into requests."""
+    if database.obj is not None:
+        # The proxy is shared by every app in the process: give back the
+        # connections of the database it was bound to before.
+        database.obj.close_all()
     database.initialize(make_database(app.config))
     app.before_request(_connect)
     app.teardown_request(_close)

@@ -45,22 +45,6 @@ def parse_body(raw):
         raise BodyError(f"The body is not valid JSON: {exc}.") from None
 
 
-def _stored_int(digits):
-    # Bodies never store an integer outside 64 bits (fields.json_problem), so
-    # a longer one is a float that PostgreSQL's jsonb wrote out in full:
-    # 1e300 comes back as "1" and 300 zeros.  Read it as the float it was.
-    number = int(digits)
-    return number if -(2**63) <= number < 2**63 else float(digits)
-
-
-_stored_decoder = json.JSONDecoder(parse_int=_stored_int)
-
-
-def loads_stored(text):
-    """Parse JSON the database gives back, turning jsonb's spelled-out floats back into floats."""
-    return _stored_decoder.decode(text)
-
-
 def dumps(obj):
     """Serialize ``obj`` to compact JSON bytes."""
     return orjson.dumps(obj)

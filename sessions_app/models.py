@@ -37,9 +37,7 @@ class JSONTextField(TextField):
         return None if value is None else jsonio.dumps(value).decode()
 
     def python_value(self, value):
-        # A table made before this field was text still has a jsonb column,
-        # which the driver hands over already parsed.
-        return json.loads(value) if isinstance(value, str) else value
+        return None if value is None else json.loads(value)
 
 
 class BaseModel(Model):
