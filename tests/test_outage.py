@@ -230,10 +230,15 @@ def assert_all_acknowledged_writes_are_there(base, load):
     stored = {}
     for session_id in load.sessions:
         assert requests.get(f"{base}/api/sessions/{session_id}", timeout=10).status_code == 200
-        page = requests.get(
-            f"{base}/api/sessions/{session_id}/messages", params={"limit": 1000}, timeout=10
-        ).json()
-        assert page["next_cursor"] is None
-        stored[session_id] = {message["message_id"] for message in page["messages"]}
+        stored[session_id] = set()
+        params = {"limit": 1000}
+        while True:
+            page = requests.get(
+                f"{base}/api/sessions/{session_id}/messages", params=params, timeout=10
+            ).json()
+            stored[session_id].update(message["message_id"] for message in page["messages"])
+            if page["next_cursor"] is None:
+                break
+            params["cursor"] = page["next_cursor"]
     lost = [(s, m) for s, m in load.messages if m not in stored[s]]
     assert lost == [], f"{len(lost)} acknowledged messages are missing"
