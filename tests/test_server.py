@@ -5,32 +5,25 @@ Run with ``pytest -s -m server`` to see the figures (requests, errors, time).
 
 import os
 import random
-import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import requests
+from servers import free_port, start_gunicorn, stop, wait_for
 
 pytestmark = pytest.mark.server
 
-ROOT = Path(__file__).resolve().parents[1]
-GUNICORN = Path(sys.executable).parent / "gunicorn"
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
 CLIENTS = 16
 MESSAGES_EACH = 50
 PATCHES_EACH = 10
 MIXED_OPS_EACH = 40
-START_TIMEOUT = 30
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -55,61 +48,20 @@ def server_database_url(request, tmp_path_factory):
 def server(server_database_url, tmp_path_factory):
     """Start Gunicorn on a free port, yield its base URL, stop it by its PID."""
     run_dir = tmp_path_factory.mktemp("gunicorn")
-    log_path = run_dir / "gunicorn.log"
-    env = dict(
-        os.environ,
-        BIND="127.0.0.1:0",
+    base_url = f"http://127.0.0.1:{free_port()}"
+    process = start_gunicorn(
+        run_dir,
+        BIND=base_url.removeprefix("http://"),
         WEB_CONCURRENCY="4",
         GUNICORN_THREADS="4",
         DATABASE_URL=server_database_url,
-        GUNICORN_CONTROL_SOCKET=str(run_dir / "gunicorn.ctl"),
     )
-    env.pop("DATABASE_POOL_SIZE", None)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        base_url = wait_until_healthy(process, log_path)
+        wait_for(f"{base_url}/health", process, run_dir / "gunicorn.log")
         yield base_url
     finally:
         stop(process)
-        print(f"\n[server log: {log_path}]")
-
-
-def wait_until_healthy(process, log_path):
-    """Return the server's base URL once ``/health`` answers 200."""
-    deadline = time.monotonic() + START_TIMEOUT
-    base_url = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"gunicorn exited with {process.returncode}:\n{log_path.read_text()}")
-        if base_url is None:
-            found = re.search(r"Listening at: (http://[\d.]+:\d+)", log_path.read_text())
-            base_url = found and found.group(1)
-        if base_url:
-            try:
-                if requests.get(f"{base_url}/health", timeout=2).status_code == 200:
-                    return base_url
-            except requests.ConnectionError:
-                pass
-        time.sleep(0.1)
-    pytest.fail(f"gunicorn did not answer /health in {START_TIMEOUT}s:\n{log_path.read_text()}")
-
-
-def stop(process):
-    """SIGTERM, wait for a graceful exit, SIGKILL if it does not come."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        print(f"\n[server log: {run_dir / 'gunicorn.log'}]")
 
 
 class Tally:
