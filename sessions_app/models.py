@@ -86,8 +86,11 @@ class Session(BaseModel):
             "last_active": now,
             "message_count": 0,
         }
-        with database.atomic():  # a write transaction, so it queues (db.WriterQueue)
-            cls.insert(row).execute()
+        # Writers take turns (db.WriterQueue), so the SQL is made before the
+        # transaction: every writer queued behind this one would wait for it.
+        sql, params = cls.insert(row).sql()
+        with database.atomic():
+            database.execute_sql(sql, params)
         logger.info("Created session %s for agent %s", row["id"], agent_id)
         return row
 
