@@ -26,17 +26,20 @@ umask = int(os.environ.get("GUNICORN_UMASK", "0o007"), 8)
 group = os.environ.get("GUNICORN_GROUP") or None
 
 # Chosen with benchmarks/ (README.rst, Performance), 16 connections, SQLite,
-# every setting measured side by side in one run on a 2-core machine:
+# the settings measured side by side in one run on a 2-core machine:
 # - gthread, not sync: sync workers drop keep-alive and hold one request
 #   each; 4 sync workers sent 760 messages/s where 2 x 4 gthread sent 1,010.
-# - one worker per core: 1 x 8 threads read 25 % less than 2 x 4; 4 x 4
-#   read no faster than 2 x 4 and doubled the p99 of a GET (83 ms vs 24).
-# - 4 threads: they overlap the time a request waits on the database; 2
-#   listed 30 % slower, 8 no faster with a worse p99 and more memory.
+# - 4 workers x 2 threads, not 2 x 4: with 2 x 4, rounds of a page of 50
+#   often ran at 1,100 req/s while 4 x 2, measured in between, ran at 3,300
+#   (median of 5 rounds 1,190 vs 3,170, p50 13.7 ms vs 3.4 ms), as when one
+#   worker holds most of the kept-alive connections; more workers even it out.
+#   Fewer threads per process also wait less for the GIL while holding the
+#   SQLite write lock: creates 1,750/s vs 1,070/s.  GETs were the same;
+#   1 x 8 read 25 % less; 4 x 4 was no faster, with a worse p99.
 # One connection per thread (the pool size below): no request waits for one.
 worker_class = "gthread"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
+threads = int(os.environ.get("GUNICORN_THREADS", "2"))
 os.environ.setdefault("DATABASE_POOL_SIZE", str(threads))
 
 # Clients (and nginx's upstream keepalive) reuse connections: closing each
