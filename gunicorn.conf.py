@@ -29,10 +29,10 @@ group = os.environ.get("GUNICORN_GROUP") or None
 # the settings measured side by side in one run on a 2-core machine:
 # - gthread, not sync: sync workers drop keep-alive and hold one request
 #   each; 4 sync workers sent 760 messages/s where 2 x 4 gthread sent 1,010.
-# - 4 workers x 2 threads, not 2 x 4: with 2 x 4, rounds of a page of 50
-#   often ran at 1,100 req/s while 4 x 2, measured in between, ran at 3,300
-#   (median of 5 rounds 1,190 vs 3,170, p50 13.7 ms vs 3.4 ms), as when one
-#   worker holds most of the kept-alive connections; more workers even it out.
+# - 4 workers x 2 threads, not 2 x 4: over 5 interleaved rounds a page of 50
+#   ran at 3,170 req/s against 1,190 (p50 3.4 ms vs 13.7; 2 x 4 had more
+#   rounds at a third of its speed, a drop whose cause is not found: the
+#   bare ceiling has it too, less often).
 #   Fewer threads per process also wait less for the GIL while holding the
 #   SQLite write lock: creates 1,750/s vs 1,070/s.  GETs were the same;
 #   1 x 8 read 25 % less; 4 x 4 was no faster, with a worse p99.
