@@ -5,6 +5,8 @@ Environment variables override the values marked so; README.rst lists them.
 
 import os
 
+from gunicorn import glogging
+
 # Every worker writes its metrics here for /metrics to add up; it must be set
 # before sessions_app (and so prometheus_client) is imported below.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus")
@@ -62,6 +64,22 @@ secure_scheme_headers = {}
 # here; Gunicorn's own lines come out in the app's format, on stdout.
 accesslog = None
 logconfig_dict = _log_config(_settings["LOG_LEVEL"], _settings["LOG_FORMAT"])
+
+
+class _NoAccessLogger(glogging.Logger):
+    """Gunicorn's logger, told that there is no access log.
+
+    With ``logconfig_dict`` set, Gunicorn would otherwise build the access
+    log's fields for every request and then drop them (its logger is off).
+    """
+
+    access_log_enabled = False
+
+    def access(self, resp, req, environ, request_time):
+        """Write nothing: the app logs each request itself."""
+
+
+logger_class = _NoAccessLogger
 
 
 def on_starting(server):

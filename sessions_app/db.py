@@ -9,10 +9,11 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from urllib.parse import urlparse
 
 import click
-from peewee import DatabaseProxy, PostgresqlDatabase
+from peewee import DatabaseProxy, OperationalError, PostgresqlDatabase
 from playhouse.db_url import parse as parse_url
 from playhouse.pool import PooledSqliteDatabase
 from playhouse.postgres_ext import PooledPsycopg3Database
@@ -45,6 +46,7 @@ def make_database(config):
             path,
             lock_type="IMMEDIATE",
             check_same_thread=False,
+            write_timeout=config["SQLITE_BUSY_TIMEOUT_MS"] / 1000,
             pragmas={
                 "journal_mode": "wal",
                 # FULL syncs the WAL at every commit: an acknowledged write
@@ -70,31 +72,49 @@ def make_database(config):
 
 
 class WriterQueue:
-    """One writer at a time across threads and processes, woken as soon as it is its turn.
+    """One writer at a time across threads and processes, each waiting a bounded time.
 
-    A thread lock orders the threads of a process; an exclusive ``flock`` on
-    ``path`` (opened once per process, never shared across a fork) orders the
-    processes.  The kernel wakes the next waiter when the lock is released.
+    A thread lock orders the threads of a process (woken as soon as it is
+    free); an exclusive ``flock`` on ``path`` (opened once per process, never
+    shared across a fork) orders the processes, tried again after 50 us,
+    doubling to 1 ms at most.  A writer that waits longer than ``timeout``
+    seconds gets ``OperationalError`` (a 503), as SQLite's own busy timeout
+    would give it.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, timeout):
         self.path = path
+        self.timeout = timeout
         self._threads = threading.Lock()
         self._held = threading.local()
         self._fd, self._pid = None, None
 
     def acquire(self):
-        self._threads.acquire()
+        deadline = time.monotonic() + self.timeout
+        if not self._threads.acquire(timeout=self.timeout):
+            raise OperationalError("database is locked: no turn to write in time")
         try:
             if self.path is not None:
-                if self._pid != os.getpid():
-                    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-                    self._fd, self._pid = os.open(self.path, flags, 0o660), os.getpid()
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                self._lock_file(deadline)
         except BaseException:
             self._threads.release()
             raise
         self._held.value = True
+
+    def _lock_file(self, deadline):
+        if self._pid != os.getpid():
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            self._fd, self._pid = os.open(self.path, flags, 0o660), os.getpid()
+        pause = 0.00005
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise OperationalError("database is locked: no turn to write in time") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
 
     def release(self):
         """Release the lock if this thread holds it; a second call does nothing."""
@@ -116,10 +136,10 @@ class QueuedSqliteDatabase(PooledSqliteDatabase):
     ROLLBACK; the busy timeout still covers writers outside the service.
     """
 
-    def __init__(self, database, *args, **kwargs):
+    def __init__(self, database, *args, write_timeout=10, **kwargs):
         super().__init__(database, *args, **kwargs)
         in_memory = database == ":memory:" or database.startswith("file::memory:")
-        self.writers = WriterQueue(None if in_memory else f"{database}.writer-lock")
+        self.writers = WriterQueue(None if in_memory else f"{database}.writer-lock", write_timeout)
 
     def begin(self, lock_type=None):
         self.writers.acquire()

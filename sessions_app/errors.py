@@ -52,8 +52,13 @@ class DatabaseUnavailable(ServiceUnavailable):
 
 def problem_body(status, detail, **extra):
     """Return the problem document for ``status``, titled with its reason phrase."""
-    body = {"type": "about:blank", "title": HTTP_STATUS_CODES[status], "status": status,
-            "detail": detail, **extra}
+    body = {
+        "type": "about:blank",
+        "title": HTTP_STATUS_CODES[status],
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
     # The request id names this occurrence: the same id is in the response's
     # X-Request-ID header and in every log line of the request.
     instance = requestid.current()

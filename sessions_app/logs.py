@@ -6,12 +6,12 @@ when nothing else configured logging first.  No line carries a body or a
 header, so tokens and message contents never reach the log.
 """
 
-import json
 import logging
 import logging.config
 import time
 from datetime import UTC, datetime
 
+import orjson
 from flask import g, request
 
 from . import ids, requestid
@@ -39,7 +39,7 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return orjson.dumps(line, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):

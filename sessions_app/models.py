@@ -107,19 +107,30 @@ class Session(BaseModel):
         """Return up to ``limit + 1`` summaries, newest first, after ``cursor``."""
         if not status or len(status) == 1:
             return _session_page.rows(
-                limit=limit + 1, agent_id=agent_id, task_id=task_id, cursor=cursor,
+                limit=limit + 1,
+                agent_id=agent_id,
+                task_id=task_id,
+                cursor=cursor,
                 status=status[0] if status else None,
             )
-        fields = (cls.id, cls.agent_id, cls.task_id, cls.status,
-                  cls.created_at, cls.last_active, cls.message_count)
+        fields = (
+            cls.id,
+            cls.agent_id,
+            cls.task_id,
+            cls.status,
+            cls.created_at,
+            cls.last_active,
+            cls.message_count,
+        )
         query = cls.select(*fields)
         for field, value in ((cls.agent_id, agent_id), (cls.task_id, task_id), (cls.id, cursor)):
             if value is not None:
                 query = query.where(field < value if field is cls.id else field == value)
         # One range scan per status on (…, status, id), merged; an IN list
         # would read every matching row and sort them all.
-        parts = [query.where(cls.status == s).order_by(cls.id.desc()).limit(limit + 1)
-                 for s in status]
+        parts = [
+            query.where(cls.status == s).order_by(cls.id.desc()).limit(limit + 1) for s in status
+        ]
         union = parts[0]
         for part in parts[1:]:
             union = union + part
@@ -206,12 +217,20 @@ class Message(BaseModel):
                 _refuse_message(session_id)
             message_id = new_message_id(now)
             _store_message.execute(
-                session_id=session_id, seq=counted[0][0], message_id=message_id,
-                role=role, content=content, timestamp=now,
+                session_id=session_id,
+                seq=counted[0][0],
+                message_id=message_id,
+                role=role,
+                content=content,
+                timestamp=now,
             )
         metrics.MESSAGES_STORED.labels(role).inc()
-        return {"message_id": message_id, "session_id": session_id,
-                "status": MESSAGE_STATUS, "timestamp": now}
+        return {
+            "message_id": message_id,
+            "session_id": session_id,
+            "status": MESSAGE_STATUS,
+            "timestamp": now,
+        }
 
     @classmethod
     def page(cls, session_id, limit, after=0):
@@ -239,11 +258,19 @@ _session_by_id = Prepared(
 
 def _session_page_query(limit, agent_id=None, task_id=None, cursor=None, status=None):
     query = Session.select(
-        Session.id, Session.agent_id, Session.task_id, Session.status,
-        Session.created_at, Session.last_active, Session.message_count,
+        Session.id,
+        Session.agent_id,
+        Session.task_id,
+        Session.status,
+        Session.created_at,
+        Session.last_active,
+        Session.message_count,
     )
-    for field, value in ((Session.agent_id, agent_id), (Session.task_id, task_id),
-                         (Session.status, status)):
+    for field, value in (
+        (Session.agent_id, agent_id),
+        (Session.task_id, task_id),
+        (Session.status, status),
+    ):
         if value is not None:
             query = query.where(field == value)
     if cursor is not None:
@@ -254,30 +281,42 @@ def _session_page_query(limit, agent_id=None, task_id=None, cursor=None, status=
 _session_page = Prepared(_session_page_query)
 
 _count_message = Prepared(
-    lambda session_id, now: Session.update(
-        message_count=Session.message_count + 1,
-        last_active=now,
-        status=Case(None, [(Session.status == CREATED, ACTIVE)], Session.status),
+    lambda session_id, now: (
+        Session.update(
+            message_count=Session.message_count + 1,
+            last_active=now,
+            status=Case(None, [(Session.status == CREATED, ACTIVE)], Session.status),
+        )
+        .where((Session.id == session_id) & Session.status.not_in(FINAL_STATUSES))
+        .returning(Session.message_count)
     )
-    .where((Session.id == session_id) & Session.status.not_in(FINAL_STATUSES))
-    .returning(Session.message_count)
 )
 
 _store_message = Prepared(
     lambda session_id, seq, message_id, role, content, timestamp: Message.insert(
-        session=session_id, seq=seq, message_id=message_id, role=role, content=content,
+        session=session_id,
+        seq=seq,
+        message_id=message_id,
+        role=role,
+        content=content,
         timestamp=timestamp,
     )
 )
 
 _message_page = Prepared(
-    lambda session_id, after, limit: Message.select(
-        Message.message_id, Message.session.alias("session_id"), Message.role,
-        Message.content, Message.seq, Message.timestamp,
+    lambda session_id, after, limit: (
+        Message.select(
+            Message.message_id,
+            Message.session.alias("session_id"),
+            Message.role,
+            Message.content,
+            Message.seq,
+            Message.timestamp,
+        )
+        .where((Message.session == session_id) & (Message.seq > after))
+        .order_by(Message.seq)
+        .limit(limit)
     )
-    .where((Message.session == session_id) & (Message.seq > after))
-    .order_by(Message.seq)
-    .limit(limit)
 )
 
 MODELS = (Session, Message)

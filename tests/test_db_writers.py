@@ -5,13 +5,14 @@ import os
 import threading
 
 import pytest
+from peewee import OperationalError
 
 from sessions_app import db
 
 
 @pytest.fixture
 def queue(tmp_path):
-    return db.WriterQueue(str(tmp_path / "x.sqlite3.writer-lock"))
+    return db.WriterQueue(str(tmp_path / "x.sqlite3.writer-lock"), timeout=0.2)
 
 
 def test_another_process_cannot_take_the_lock_while_it_is_held(queue):
@@ -44,6 +45,38 @@ def test_threads_take_turns(queue):
     for thread in threads:
         thread.join()
     assert overlaps == []
+
+
+def test_a_writer_waits_for_another_process_no_longer_than_its_timeout(queue):
+    other = os.open(queue.path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(OperationalError, match="database is locked"):
+            queue.acquire()
+        assert queue._threads.acquire(blocking=False), "a failed wait must free the thread lock"
+        queue._threads.release()
+        fcntl.flock(other, fcntl.LOCK_UN)
+        queue.acquire()
+        queue.release()
+    finally:
+        os.close(other)
+
+
+def test_a_writer_waits_for_another_thread_no_longer_than_its_timeout(queue):
+    queue.acquire()
+    failed = []
+    waiter = threading.Thread(target=lambda: _try_acquire(queue, failed))
+    waiter.start()
+    waiter.join()
+    queue.release()
+    assert failed == ["database is locked: no turn to write in time"]
+
+
+def _try_acquire(queue, failed):
+    try:
+        queue.acquire()
+    except OperationalError as exc:
+        failed.append(str(exc))
 
 
 def test_a_second_release_does_nothing(queue):
