@@ -32,6 +32,14 @@ def app(database_url):
 
 
 @pytest.fixture
+def unreachable_client(tmp_path):
+    """A client of an app whose database cannot be opened (its SQLite path is a folder)."""
+    app = create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path}"})
+    yield app.test_client()
+    db.database.close_all()
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

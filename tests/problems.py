@@ -93,3 +93,12 @@ def parse_time(text):
     """Parse an RFC 3339 UTC timestamp of the API."""
     assert TIMESTAMP(text), text
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def assert_unavailable(response):
+    """Assert a 503 problem saying the database cannot be reached, with Retry-After."""
+    assert_problem(
+        response,
+        problem(503, "The database cannot be reached right now; retry the request later."),
+    )
+    assert response.headers["Retry-After"] == "2"

@@ -4,7 +4,15 @@ import io
 import json
 
 import pytest
-from problems import BAD_TEXT, INVALID, assert_no_leak, assert_problem, invalid, problem
+from problems import (
+    BAD_TEXT,
+    INVALID,
+    assert_no_leak,
+    assert_problem,
+    assert_unavailable,
+    invalid,
+    problem,
+)
 from werkzeug.test import EnvironBuilder
 
 from sessions_app import create_app, db
@@ -291,19 +299,9 @@ def test_problem_bodies_never_show_internals(api, client):
             assert_no_leak(response)
 
 
-def test_database_unreachable_is_503_with_retry_after(tmp_path):
-    # A directory where the database file should be: SQLite cannot open it.
-    app = create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path}"})
-    client = app.test_client()
-    try:
-        for response in (
-            client.get("/api/sessions"),
-            client.post("/api/sessions", json={"agent_id": "x"}),
-        ):
-            assert_problem(
-                response,
-                problem(503, "The database cannot be reached right now; retry the request later."),
-            )
-            assert response.headers["Retry-After"] == "2"
-    finally:
-        db.database.close_all()
+def test_database_unreachable_is_503_with_retry_after(unreachable_client):
+    for response in (
+        unreachable_client.get("/api/sessions"),
+        unreachable_client.post("/api/sessions", json={"agent_id": "x"}),
+    ):
+        assert_unavailable(response)

@@ -4,17 +4,10 @@ import json
 import random
 
 import pytest
+from contract import ALLOWED, STATUSES
 
 from sessions_app.merge_patch import merge_patch
 
-STATUSES = ("created", "active", "paused", "completed", "failed")
-ALLOWED = {
-    "created": {"active", "paused", "completed", "failed"},
-    "active": {"paused", "completed", "failed"},
-    "paused": {"active", "completed", "failed"},
-    "completed": set(),
-    "failed": set(),
-}
 VALUES = [None, 0, 1, 1.0, True, False, "", "x", [], [1], {}, {"k": 1}, {"k": None}]
 KEYS = ["a", "b", "k"]
 

@@ -3,16 +3,9 @@
 import json
 
 import pytest
+from contract import ALLOWED, STATUSES
 from problems import BAD_TEXT, assert_problem, invalid, parse_time, problem
 
-STATUSES = ("created", "active", "paused", "completed", "failed")
-ALLOWED = {
-    "created": {"active", "paused", "completed", "failed"},
-    "active": {"paused", "completed", "failed"},
-    "paused": {"active", "completed", "failed"},
-    "completed": set(),
-    "failed": set(),
-}
 UNKNOWN = "session-0000000000000000000000000000"
 
 
