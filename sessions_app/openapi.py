@@ -8,7 +8,7 @@ it with Swagger UI, served from the ``flask-swagger-ui`` package (no CDN).
 """
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -69,6 +69,17 @@ _SESSION_LINKS = {
     "ListMessages": "list_messages",
 }
 
+SEND_MESSAGE = Operation(
+    "send_message",
+    "Send a message to a session",
+    "Stores the message and counts it on the session; a `created` session "
+    "becomes `active`. A completed or failed session takes no messages (409).",
+    201,
+    schemas.MessageReceiptSchema,
+    body=schemas.MessageCreateSchema,
+    errors=(400, 404, 409, 413, 415, 422, 503),
+)
+
 OPERATIONS = {
     ("GET", "/api/sessions"): Operation(
         "list_sessions",
@@ -118,24 +129,12 @@ OPERATIONS = {
         204,
         errors=(400, 404, 422, 503),
     ),
-    ("POST", "/api/sessions/{session_id}/message"): Operation(
-        "send_message",
-        "Send a message to a session",
-        "Stores the message and counts it on the session; a `created` session "
-        "becomes `active`. A completed or failed session takes no messages (409).",
-        201,
-        schemas.MessageReceiptSchema,
-        body=schemas.MessageCreateSchema,
-        errors=(400, 404, 409, 413, 415, 422, 503),
-    ),
-    ("POST", "/api/sessions/{session_id}/messages"): Operation(
-        "send_message_to_messages",
-        "Send a message to a session (same as POST …/message)",
-        "The same operation as `POST /api/sessions/{session_id}/message`.",
-        201,
-        schemas.MessageReceiptSchema,
-        body=schemas.MessageCreateSchema,
-        errors=(400, 404, 409, 413, 415, 422, 503),
+    ("POST", "/api/sessions/{session_id}/message"): SEND_MESSAGE,
+    ("POST", "/api/sessions/{session_id}/messages"): replace(
+        SEND_MESSAGE,
+        operation_id="send_message_to_messages",
+        summary="Send a message to a session (same as POST …/message)",
+        description="The same operation as `POST /api/sessions/{session_id}/message`.",
     ),
     ("GET", "/api/sessions/{session_id}/messages"): Operation(
         "list_messages",

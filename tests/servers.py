@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,18 @@ def start_gunicorn(run_dir, **env):
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+@contextmanager
+def serving(run_dir, **env):
+    """Run Gunicorn on a free loopback port until the block ends; yield (base URL, process)."""
+    base_url = f"http://127.0.0.1:{free_port()}"
+    process = start_gunicorn(run_dir, BIND=base_url.removeprefix("http://"), **env)
+    try:
+        wait_for(f"{base_url}/health", process, run_dir / "gunicorn.log")
+        yield base_url, process
+    finally:
+        stop(process)
 
 
 def wait_for(url, process, log_path, **kwargs):

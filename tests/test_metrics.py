@@ -10,7 +10,7 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from servers import free_port, start_gunicorn, stop, wait_for
+from servers import serving
 
 from sessions_app import create_app, db
 
@@ -85,25 +85,18 @@ def test_the_numbers_add_up_over_several_workers():
     """Requests spread over 3 workers; one scrape reports them all."""
     with tempfile.TemporaryDirectory(prefix="sessions-metrics-") as folder:
         run = Path(folder)
-        port = free_port()
-        gunicorn = start_gunicorn(
+        with serving(
             run,
-            BIND=f"127.0.0.1:{port}",
             DATABASE_URL=f"sqlite:///{run}/sessions.sqlite3",
             WEB_CONCURRENCY="3",
             GUNICORN_THREADS="1",
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for(f"{base}/health", gunicorn, run / "gunicorn.log")
+        ) as (base, _gunicorn):
             sent = spread_requests(base)
-            sent["GET", "/health", "200"] += 1  # wait_for's one 200
+            sent["GET", "/health", "200"] += 1  # the start-up wait's one 200
             scraped = scrape(base)
             workers = {
                 path.name.rsplit("_", 1)[1] for path in (run / "prometheus").glob("counter_*.db")
             }
-        finally:
-            stop(gunicorn)
     print(f"\n[metrics] {sum(sent.values())} requests over {len(workers)} workers: {dict(sent)}")
     assert len(workers) >= 2, "the requests all went to one worker"
     for (method, route, status), count in sent.items():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from servers import free_port, start_gunicorn, stop, wait_for, worker_pids
+from servers import free_port, serving, worker_pids
 
 pytestmark = pytest.mark.server
 
@@ -157,20 +157,10 @@ def server(cluster):
     """Gunicorn on the test's own cluster: yield (base URL, master process)."""
     with tempfile.TemporaryDirectory(prefix="sessions-outage-") as folder:
         run = Path(folder)
-        port = free_port()
-        gunicorn = start_gunicorn(
-            run,
-            BIND=f"127.0.0.1:{port}",
-            DATABASE_URL=cluster.url,
-            WEB_CONCURRENCY=str(WORKERS),
-            GUNICORN_THREADS="4",
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for(f"{base}/health", gunicorn, run / "gunicorn.log")
+        with serving(
+            run, DATABASE_URL=cluster.url, WEB_CONCURRENCY=str(WORKERS), GUNICORN_THREADS="4"
+        ) as (base, gunicorn):
             yield base, gunicorn, run / "gunicorn.log"
-        finally:
-            stop(gunicorn)
 
 
 def test_a_database_outage_is_503_then_recovers_without_losing_a_write(cluster, server):

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 import requests
-from servers import free_port, start_gunicorn, stop, wait_for
+from servers import serving
 
 pytestmark = pytest.mark.server
 
@@ -48,19 +48,15 @@ def server_database_url(request, tmp_path_factory):
 def server(server_database_url, tmp_path_factory):
     """Start Gunicorn on a free port, yield its base URL, stop it by its PID."""
     run_dir = tmp_path_factory.mktemp("gunicorn")
-    base_url = f"http://127.0.0.1:{free_port()}"
-    process = start_gunicorn(
-        run_dir,
-        BIND=base_url.removeprefix("http://"),
-        WEB_CONCURRENCY="4",
-        GUNICORN_THREADS="4",
-        DATABASE_URL=server_database_url,
-    )
     try:
-        wait_for(f"{base_url}/health", process, run_dir / "gunicorn.log")
-        yield base_url
+        with serving(
+            run_dir,
+            WEB_CONCURRENCY="4",
+            GUNICORN_THREADS="4",
+            DATABASE_URL=server_database_url,
+        ) as (base_url, _process):
+            yield base_url
     finally:
-        stop(process)
         print(f"\n[server log: {run_dir / 'gunicorn.log'}]")
 
 
