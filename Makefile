@@ -24,10 +24,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## dev: Flask's debug server with reloading, on the same address
+## dev: Flask's debug server with reloading, on the same address; readable log lines
 dev: $(VENV)/.installed
-	$(BIN)/flask --app sessions_app init-db
-	$(BIN)/flask --app sessions_app run --debug --host $(HOST) --port $(PORT)
+	LOG_FORMAT=$${LOG_FORMAT:-text} $(BIN)/flask --app sessions_app init-db
+	LOG_FORMAT=$${LOG_FORMAT:-text} $(BIN)/flask --app sessions_app run --debug --host $(HOST) --port $(PORT)
 
 ## init-db: create the tables in DATABASE_URL's database
 init-db: $(VENV)/.installed

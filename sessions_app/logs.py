@@ -43,14 +43,15 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Write a record as one readable line: time, level, logger, request id, fields."""
+    """Write a record as one readable line: time, level, logger, request id, fields (not None)."""
 
     def format(self, record):
         parts = [_timestamp(record), record.levelname, record.name]
         if getattr(record, "request_id", None):
             parts.append(f"[{record.request_id}]")
         parts.append(record.getMessage())
-        parts.extend(f"{key}={value}" for key, value in getattr(record, "fields", {}).items())
+        fields = getattr(record, "fields", {}).items()
+        parts.extend(f"{key}={value}" for key, value in fields if value is not None)
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -60,6 +61,16 @@ class TextFormatter(logging.Formatter):
 FORMATTERS = {"json": JsonFormatter, "text": TextFormatter}
 
 
+class NoDevServerRequestLines(logging.Filter):
+    """Drop the Werkzeug dev server's line per request (``flask run``): the app writes its own.
+
+    Werkzeug's line would be a second one, with colour codes in it.
+    """
+
+    def filter(self, record):
+        return not (isinstance(record.msg, str) and record.msg.endswith('"%s" %s %s'))
+
+
 def dict_config(level, fmt):
     """Return the ``logging.config.dictConfig`` mapping: every line to stdout."""
     formatter = FORMATTERS[fmt]
@@ -67,6 +78,7 @@ def dict_config(level, fmt):
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"app": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
+        "filters": {"no_dev_server_request_lines": {"()": NoDevServerRequestLines}},
         "handlers": {
             "stdout": {
                 "class": "logging.StreamHandler",
@@ -82,6 +94,7 @@ def dict_config(level, fmt):
             # peewee logs every statement with its parameters at DEBUG: that
             # would put request bodies in the log.
             "peewee": {"level": "INFO"},
+            "werkzeug": {"filters": ["no_dev_server_request_lines"]},
         },
     }
 

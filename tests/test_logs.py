@@ -4,9 +4,13 @@ import io
 import json
 import logging
 import logging.config
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import requests
 
 from sessions_app import config, create_app, db
 from sessions_app.logs import JsonFormatter, TextFormatter, dict_config
@@ -144,3 +148,67 @@ def test_an_exception_is_one_json_line(app):
 def test_an_unknown_log_format_is_refused():
     with pytest.raises(ValueError, match="LOG_FORMAT"):
         config.load({"LOG_FORMAT": "xml"})
+
+
+def test_the_dev_servers_request_line_is_dropped(production_logging):
+    # What Werkzeug's dev server (make dev) logs per request, colour codes and all.
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.info(
+        '127.0.0.1 - - [30/Nov/2026 05:54:24] "%s" %s %s',
+        "\x1b[33mGET /x HTTP/1.1\x1b[0m",
+        "404",
+        "-",
+    )
+    werkzeug.info(" * Running on http://127.0.0.1:8000")
+    text = production_logging()
+    assert "GET /x" not in text and "Running on" in text
+
+
+def test_text_lines_leave_out_empty_fields(client, logged):
+    client.get("/health")
+    line = TextFormatter().format(logged.records[-1])
+    assert "session_id" not in line and "route=/health status=200" in line
+
+
+def test_make_dev_logs_text_lines():
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    dev = makefile.split("\ndev:", 1)[1].split("\n\n", 1)[0]
+    assert dev.count("LOG_FORMAT=$${LOG_FORMAT:-text}") == 2
+
+
+@pytest.mark.server
+def test_the_dev_server_writes_one_readable_line_per_request(tmp_path):
+    from servers import free_port, stop, wait_for
+
+    flask = Path(sys.executable).parent / "flask"
+    port = free_port()
+    env = {
+        **os.environ,
+        "LOG_FORMAT": "text",
+        "DATABASE_URL": f"sqlite:///{tmp_path}/dev.sqlite3",
+    }
+    subprocess.run(
+        [flask, "--app", "sessions_app", "init-db"], env=env, check=True, capture_output=True
+    )
+    log_path = tmp_path / "dev.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [flask, "--app", "sessions_app", "run", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", process, log_path)
+        requests.get(f"http://127.0.0.1:{port}/api/sessions/nothing-here", timeout=5)
+    finally:
+        stop(process)
+    lines = log_path.read_text().splitlines()
+    requests_logged = [line for line in lines if "sessions_app.requests" in line]
+    assert [line.split("] ", 1)[1].split(" method=")[0] for line in requests_logged] == [
+        "GET /health 200",
+        "GET (no route) 404",
+    ]
+    # No second line per request from Werkzeug, and no colour codes in the request lines.
+    assert not [line for line in lines if "HTTP/1.1" in line]
+    assert not [line for line in requests_logged if "\x1b[" in line]
