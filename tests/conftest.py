@@ -132,3 +132,20 @@ def count_queries():
             logger.setLevel(level)
 
     return counting
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def live_server(request, tmp_path_factory):
+    """A real Gunicorn (2 workers x 4 threads) on a fresh database, shared by the
+    client's tests; yields its base URL.  Each test makes its own sessions."""
+    from servers import fresh_database, serving
+
+    folder = tmp_path_factory.mktemp(f"live-{request.param}")
+    with (
+        fresh_database(request.param, folder) as url,
+        serving(folder, WEB_CONCURRENCY="2", GUNICORN_THREADS="4", DATABASE_URL=url) as (
+            base_url,
+            _process,
+        ),
+    ):
+        yield base_url

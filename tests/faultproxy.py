@@ -1,0 +1,132 @@
+"""A small HTTP proxy for fault tests: it forwards requests to a real server, and can
+drop an answer (the request reached the server, its response never reaches the
+client) or answer in the server's place.
+
+One request per client connection: the request goes upstream with
+``Connection: close`` and the whole answer is read before it is passed on.
+"""
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Seen:
+    """A request the proxy received: when, its method, path and headers (lower-case names)."""
+
+    at: float
+    method: str
+    path: str
+    headers: dict = field(default_factory=dict)
+
+
+class FaultProxy:
+    """Forward 127.0.0.1:<port> to ``upstream`` (``host``, ``port``), with faults."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.seen = []
+        self._drops = []  # [method, path prefix, times left]
+        self._answers = []  # [method, path prefix, raw response bytes, times left]
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def drop_answer(self, method, path_prefix, times=1):
+        """Forward the next ``times`` matching requests but close the connection unanswered."""
+        with self._lock:
+            self._drops.append([method, path_prefix, times])
+
+    def answer(self, method, path_prefix, status, body=b"", headers=(), times=1):
+        """Answer the next ``times`` matching requests with ``status`` instead of the server."""
+        head = [f"HTTP/1.1 {status} Fault", f"Content-Length: {len(body)}", "Connection: close"]
+        head += [f"{name}: {value}" for name, value in headers]
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+        with self._lock:
+            self._answers.append([method, path_prefix, raw, times])
+
+    def requests_to(self, method, path_prefix):
+        """Return what was seen of the requests matching ``method`` and ``path_prefix``."""
+        return [s for s in self.seen if s.method == method and s.path.startswith(path_prefix)]
+
+    def close(self):
+        self._listener.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # -- inside ---------------------------------------------------------------
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _take(self, rules, method, path):
+        with self._lock:
+            for rule in rules:
+                if rule[0] == method and path.startswith(rule[1]) and rule[-1] > 0:
+                    rule[-1] -= 1
+                    return rule
+        return None
+
+    def _serve(self, conn):
+        with conn:
+            request = _read_request(conn)
+            if request is None:
+                return
+            method, path, headers, raw = request
+            self.seen.append(Seen(time.monotonic(), method, path, headers))
+            canned = self._take(self._answers, method, path)
+            if canned:
+                conn.sendall(canned[2])
+                return
+            answer = self._forward(raw)
+            if self._take(self._drops, method, path):
+                return  # the server handled it; the client hears nothing
+            conn.sendall(answer)
+
+    def _forward(self, raw):
+        with socket.create_connection(self.upstream) as upstream:
+            upstream.sendall(raw)
+            chunks = []
+            while chunk := upstream.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _read_request(conn):
+    """Read one request; return (method, path, headers, bytes to send upstream) or None."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _version = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        body += chunk
+    kept = [line for line in lines[1:] if not line.lower().startswith("connection:")]
+    upstream_head = "\r\n".join([lines[0], *kept, "Connection: close"])
+    return method, path, headers, upstream_head.encode("latin-1") + b"\r\n\r\n" + body
