@@ -1,0 +1,312 @@
+"""The ``sessions`` command: click's runner for the command, a real Gunicorn behind it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from click.testing import CliRunner
+from faultproxy import FaultProxy
+from live import needs, new_agent
+from servers import free_port
+
+from sessions_app.client import SessionsClient
+from sessions_app.client.cli import EXIT_API_ERROR, EXIT_UNREACHABLE, main
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture
+def sessions(live_server):
+    """Run ``sessions --url <server> ARGS...``; return click's result."""
+    runner = CliRunner()
+
+    def run(*args, expect=0, input=None):
+        result = runner.invoke(main, ["--url", live_server, *args], input=input)
+        assert result.exit_code == expect, (result.stdout, result.stderr, result.exception)
+        return result
+
+    return run
+
+
+@pytest.fixture
+def client(live_server):
+    with SessionsClient(live_server) as client:
+        yield client
+
+
+def json_of(result):
+    return json.loads(result.stdout)
+
+
+def test_create_and_show(sessions):
+    agent = new_agent()
+    created = json_of(
+        sessions(
+            "create",
+            "--agent",
+            agent,
+            "--task",
+            "t1",
+            "--prompt",
+            "Go",
+            "--data",
+            '{"m": 1}',
+            "--json",
+        )
+    )
+    assert (created["agent_id"], created["task_id"], created["prompt"], created["data"]) == (
+        agent,
+        "t1",
+        "Go",
+        {"m": 1},
+    )
+    assert json_of(sessions("show", created["id"], "--json")) == created
+    shown = sessions("show", created["id"]).stdout.splitlines()
+    assert shown[0].split() == ["id", created["id"]]
+    assert ["agent", agent] in [line.split() for line in shown]
+    assert 'data         {"m": 1}' in shown
+
+
+def test_create_prints_the_session_readably(sessions):
+    agent = new_agent()
+    lines = sessions("create", "--agent", agent).stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "id",
+        "agent",
+        "task",
+        "status",
+        "messages",
+        "created",
+        "last",
+        *(["version"] if len(lines) == 10 else []),
+        "prompt",
+        "data",
+    ]
+    assert lines[3].split() == ["status", "created"]
+
+
+def test_send_and_messages(sessions, client):
+    session = client.create(new_agent())
+    sent = sessions("send", session.id, "hello there").stdout
+    assert sent.startswith("Sent msg-") and f" to {session.id} at " in sent
+    receipt = json_of(sessions("send", session.id, "two\nlines", "--role", "assistant", "--json"))
+    assert receipt["status"] == "sent"
+    sessions("send", session.id, "-", input="from stdin")
+    listed = json_of(sessions("messages", session.id, "--json"))
+    assert [(m["role"], m["content"]) for m in listed] == [
+        ("user", "hello there"),
+        ("assistant", "two\nlines"),
+        ("user", "from stdin"),
+    ]
+    text = sessions("messages", session.id).stdout.splitlines()
+    assert text[0].endswith("  user       hello there")
+    assert text[1].endswith("  assistant  two") and text[2].strip() == "lines"
+
+
+def test_messages_last(sessions, client, live_server):
+    needs(live_server, "messages_order")
+    session = client.create(new_agent())
+    for n in range(5):
+        client.send(session.id, f"m{n}")
+    last = json_of(sessions("messages", session.id, "--last", "2", "--json"))
+    assert [m["content"] for m in last] == ["m3", "m4"]
+
+
+def test_update_and_delete(sessions, client):
+    session = client.create(new_agent(), data={"a": 1, "b": 2})
+    updated = json_of(
+        sessions("update", session.id, "--status", "paused", "--data", '{"a": null}', "--json")
+    )
+    assert (updated["status"], updated["data"]) == ("paused", {"b": 2})
+    assert sessions("delete", session.id).stdout == f"Deleted {session.id}\n"
+    gone = sessions("show", session.id, expect=EXIT_API_ERROR)
+    assert gone.stdout == ""
+    assert gone.stderr.startswith(f"Error: 404 Not Found: No session has the id '{session.id}'.")
+    assert "request id " in gone.stderr
+
+
+def test_update_if_match(sessions, client, live_server):
+    needs(live_server, "versions")
+    session = client.create(new_agent())
+    stale = sessions(
+        "update", session.id, "--status", "active", "--if-match", "7", expect=EXIT_API_ERROR
+    )
+    assert stale.stderr.startswith("Error: 412 ")
+    moved = json_of(
+        sessions("update", session.id, "--status", "active", "--if-match", "1", "--json")
+    )
+    assert moved["version"] == 2
+    assert sessions("delete", session.id, "--if-match", "2", "--json").stdout
+
+
+def test_list_as_a_table_and_as_json(sessions, client):
+    agent = new_agent()
+    made = [client.create(agent, task_id=f"t{n}") for n in range(3)]
+    client.update(made[0].id, status="paused")
+    rows = sessions("list", "--agent", agent).stdout.splitlines()
+    assert rows[0].split() == ["ID", "AGENT", "TASK", "STATUS", "MSGS", "CREATED", "LAST", "ACTIVE"]
+    assert [row.split()[:5] for row in rows[1:]] == [
+        [s.id, agent, s.task_id, "paused" if s is made[0] else "created", "0"]
+        for s in reversed(made)
+    ]
+    listed = json_of(
+        sessions("list", "--agent", agent, "--status", "paused", "--status", "failed", "--json")
+    )
+    assert [s["id"] for s in listed] == [made[0].id]
+    assert len(json_of(sessions("list", "--agent", agent, "--limit", "2", "--json"))) == 2
+    assert len(json_of(sessions("list", "--agent", agent, "--all", "--json"))) == 3
+
+
+def test_list_since(sessions, client, live_server):
+    needs(live_server, "time_filters")
+    agent = new_agent()
+    client.create(agent)
+    assert len(json_of(sessions("list", "--agent", agent, "--since", "1h", "--json"))) == 1
+    assert json_of(sessions("list", "--agent", agent, "--until", "1h", "--json")) == []
+
+
+def test_count(sessions, client, live_server):
+    needs(live_server, "count")
+    agent = new_agent()
+    client.update(client.create(agent).id, status="failed")
+    client.create(agent)
+    counted = json_of(sessions("count", "--agent", agent, "--json"))
+    assert (counted["count"], counted["by_status"]["failed"], counted["by_status"]["created"]) == (
+        2,
+        1,
+        1,
+    )
+    table = [line.split() for line in sessions("count", "--agent", agent).stdout.splitlines()]
+    assert table[0] == ["STATUS", "SESSIONS"] and table[-1] == ["total", "2"]
+    assert ["failed", "1"] in table
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["create", "--agent", ""], "agent_id: Length must be between 1 and 255."),
+        (["update", "session-0sgqg1yr7y6hrsf7nb7vs55jvzr0", "--status", "active"], "404 Not Found"),
+        (["send", "session-0sgqg1yr7y6hrsf7nb7vs55jvzr0", "hi"], "No session has the id"),
+    ],
+)
+def test_an_error_answer_exits_1_with_its_detail(sessions, args, message):
+    result = sessions(*args, expect=EXIT_API_ERROR)
+    assert message in result.stderr and result.stdout == ""
+
+
+def test_a_conflict_exits_1_naming_the_status(sessions, client):
+    session = client.create(new_agent())
+    client.update(session.id, status="completed")
+    result = sessions("update", session.id, "--status", "active", expect=EXIT_API_ERROR)
+    assert (
+        "Error: 409 Conflict: The session is completed and cannot move to active." in result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["create", "--agent", "a", "--data", "[1]"], "must be a JSON object"),
+        (["create", "--agent", "a", "--data", "{"], "not JSON"),
+        (["update", "x", "--status", "Active"], "'Active' is not one of"),
+        (["list", "--since", "yesterday"], "neither RFC 3339 nor an age"),
+        (["list", "--since", "2026-01-01T00:00:00"], "has no offset"),
+    ],
+)
+def test_bad_options_exit_2_before_any_request(sessions, args, message):
+    assert message in sessions(*args, expect=2).stderr
+
+
+def test_no_url_is_a_usage_error(monkeypatch):
+    monkeypatch.delenv("SESSIONS_API_URL", raising=False)
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 2 and "SESSIONS_API_URL" in result.stderr
+
+
+def test_the_url_and_token_come_from_the_environment(live_server):
+    parts = urlsplit(live_server)
+    with FaultProxy((parts.hostname, parts.port)) as proxy:
+        env = {"SESSIONS_API_URL": proxy.url, "SESSIONS_API_TOKEN": "tok-1"}
+        result = CliRunner().invoke(main, ["list", "--json", "--limit", "1"], env=env)
+    assert result.exit_code == 0 and isinstance(json.loads(result.stdout), list)
+    (seen,) = proxy.requests_to("GET", "/api/sessions")
+    assert seen.headers["authorization"] == "Bearer tok-1"
+
+
+def test_an_unreachable_service_exits_3():
+    result = CliRunner().invoke(main, ["--url", f"http://127.0.0.1:{free_port()}", "show", "x"])
+    assert result.exit_code == EXIT_UNREACHABLE
+    assert "cannot reach the service" in result.stderr and "Retrying in" in result.stderr
+
+
+# -- watch and tail, as a person runs them --------------------------------------------
+
+
+def _spawn(*args, env=None):
+    sessions = Path(sys.executable).parent / "sessions"
+    return subprocess.Popen(
+        [str(sessions), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _read_lines(process, count, timeout=20):
+    """Read ``count`` lines of ``process``'s stdout, failing after ``timeout`` seconds."""
+    lines = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(process.stdout.readline() for _ in range(count))
+    )
+    reader.daemon = True
+    reader.start()
+    reader.join(timeout)
+    return lines
+
+
+def test_sessions_watch_shows_changes_made_elsewhere_live(live_server, client):
+    needs(live_server, "changes")
+    agent = new_agent()
+    cursor = client.changes("latest").next_cursor
+    watching = _spawn("--url", live_server, "watch", "--agent", agent, "--cursor", cursor, "--json")
+    try:
+        session = client.create(agent)
+        first = _read_lines(watching, 1)
+        receipt = client.send(session.id, "hi")
+        second = _read_lines(watching, 1)
+        client.delete(session.id)
+        third = _read_lines(watching, 1)
+    finally:
+        watching.send_signal(signal.SIGINT)
+        watching.wait(timeout=10)
+    events = [json.loads(line) for line in first + second + third]
+    assert [(e["type"], e["session_id"]) for e in events] == [
+        ("session.created", session.id),
+        ("message.created", session.id),
+        ("session.deleted", session.id),
+    ]
+    assert events[1]["message_id"] == receipt.message_id
+    assert watching.returncode == 130
+
+
+def test_sessions_tail_shows_new_messages(live_server, client):
+    needs(live_server, "messages_wait")
+    session = client.create(new_agent())
+    client.send(session.id, "earlier")
+    tailing = _spawn("--url", live_server, "tail", session.id)
+    try:
+        first = _read_lines(tailing, 1)
+        client.send(session.id, "later", role="assistant")
+        second = _read_lines(tailing, 1)
+    finally:
+        tailing.send_signal(signal.SIGINT)
+        tailing.wait(timeout=10)
+    assert first[0].rstrip().endswith("user       earlier")
+    assert second[0].rstrip().endswith("assistant  later")
