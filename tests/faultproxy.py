@@ -1,6 +1,6 @@
 """A small HTTP proxy for fault tests: it forwards requests to a real server, and can
 drop an answer (the request reached the server, its response never reaches the
-client) or answer in the server's place.
+client) or answer in the server's place; faults apply in the order they were given.
 
 One request per client connection: the request goes upstream with
 ``Connection: close`` and the whole answer is read before it is passed on.
@@ -28,8 +28,8 @@ class FaultProxy:
     def __init__(self, upstream):
         self.upstream = upstream
         self.seen = []
-        self._drops = []  # [method, path prefix, times left]
-        self._answers = []  # [method, path prefix, raw response bytes, times left]
+        # In the order given: [method, path prefix, response bytes or None to drop, times left]
+        self._faults = []
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -40,7 +40,7 @@ class FaultProxy:
     def drop_answer(self, method, path_prefix, times=1):
         """Forward the next ``times`` matching requests but close the connection unanswered."""
         with self._lock:
-            self._drops.append([method, path_prefix, times])
+            self._faults.append([method, path_prefix, None, times])
 
     def answer(self, method, path_prefix, status, body=b"", headers=(), times=1):
         """Answer the next ``times`` matching requests with ``status`` instead of the server."""
@@ -48,7 +48,7 @@ class FaultProxy:
         head += [f"{name}: {value}" for name, value in headers]
         raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
         with self._lock:
-            self._answers.append([method, path_prefix, raw, times])
+            self._faults.append([method, path_prefix, raw, times])
 
     def requests_to(self, method, path_prefix):
         """Return what was seen of the requests matching ``method`` and ``path_prefix``."""
@@ -73,12 +73,13 @@ class FaultProxy:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    def _take(self, rules, method, path):
+    def _fault(self, method, path):
+        """Return the first fault left for this request (and use it up), or None."""
         with self._lock:
-            for rule in rules:
-                if rule[0] == method and path.startswith(rule[1]) and rule[-1] > 0:
-                    rule[-1] -= 1
-                    return rule
+            for fault in self._faults:
+                if fault[0] == method and path.startswith(fault[1]) and fault[3] > 0:
+                    fault[3] -= 1
+                    return fault
         return None
 
     def _serve(self, conn):
@@ -88,12 +89,12 @@ class FaultProxy:
                 return
             method, path, headers, raw = request
             self.seen.append(Seen(time.monotonic(), method, path, headers))
-            canned = self._take(self._answers, method, path)
-            if canned:
-                conn.sendall(canned[2])
+            fault = self._fault(method, path)
+            if fault and fault[2] is not None:
+                conn.sendall(fault[2])  # made up here: the server never sees it
                 return
             answer = self._forward(raw)
-            if self._take(self._drops, method, path):
+            if fault:
                 return  # the server handled it; the client hears nothing
             conn.sendall(answer)
 

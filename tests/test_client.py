@@ -199,6 +199,8 @@ def test_errors_carry_the_problem_document(client):
     assert (error.status, error.title) == (404, "Not Found")
     assert "session-0sgqg1yr7y6hrsf7nb7vs55jvzr0" in error.detail
     assert error.request_id and error.problem["instance"] == error.request_id
+    with pytest.raises(NotFoundError):
+        client.get("../../health")  # an id is one path segment, whatever it holds
     with pytest.raises(UnprocessableError) as invalid:
         client.create("")
     assert set(invalid.value.errors) == {"agent_id"}
@@ -290,6 +292,19 @@ def test_dropped_answers_leave_exactly_one_session_and_one_message(client, proxy
     assert [s.id for s in client.sessions(agent_id=agent)] == [session.id]
     assert [m.message_id for m in client.messages(session.id)] == [receipt.message_id]
     assert receipt.replayed and client.get(session.id).message_count == 1
+
+
+@pytest.mark.server
+def test_a_409_after_a_lost_answer_is_asked_again(proxy):
+    # The first try is lost; the second finds it still being handled (409); the third gets it.
+    proxy.drop_answer("POST", "/api/sessions")
+    problem = {"status": 409, "title": "Conflict", "detail": "A request with this key is running."}
+    proxy.answer("POST", "/api/sessions", 409, json.dumps(problem).encode())
+    with SessionsClient(proxy.url) as through:
+        session = through.create(new_agent())
+    tries = proxy.requests_to("POST", "/api/sessions")
+    assert len(tries) == 3 and session.id.startswith("session-")
+    assert len({t.headers["idempotency-key"] for t in tries}) == 1
 
 
 @pytest.mark.server

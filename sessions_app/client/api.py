@@ -3,6 +3,7 @@
 import os
 import uuid
 from importlib.metadata import PackageNotFoundError, version
+from urllib.parse import quote
 
 import httpx
 
@@ -45,6 +46,11 @@ def _user_agent():
 
 def _new_id():
     return uuid.uuid4().hex
+
+
+def _quoted(session_id):
+    """Return a session id fit for a path: never a way to reach another path."""
+    return quote(session_id, safe="")
 
 
 def _etag(if_match):
@@ -90,8 +96,6 @@ class SessionsClient:
         token=None,
         timeout=DEFAULT_TIMEOUT,
         max_retries=DEFAULT_MAX_RETRIES,
-        *,
-        transport=None,
     ):
         headers = {"User-Agent": _user_agent(), "Accept": "application/json"}
         if token:
@@ -99,9 +103,7 @@ class SessionsClient:
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self.timeout = timeout
-        self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
-        )
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     @classmethod
     def from_env(cls, environ=None, **kwargs):
@@ -130,27 +132,33 @@ class SessionsClient:
 
     # -- sending ------------------------------------------------------------
 
-    def _request(self, method, path, *, safe, forever=False, timeout=None, lost=None, **kwargs):
+    def _request(
+        self, method, path, *, safe, forever=False, timeout=None, lost=None, keyed=False, **kwargs
+    ):
         """Send one logical request, retried as ``safe`` allows; return the response.
 
         Raise the ``ApiError`` for any answer of 400 or more, and
         ``ConnectionFailed`` when no answer came.  Each attempt that got no
-        answer is appended to ``lost``, when given.
+        answer is appended to ``lost``, when given.  A ``keyed`` request (one
+        with an ``Idempotency-Key``) answered 409 after such an attempt is
+        asked again: the service is still handling the first.
         """
         headers = {REQUEST_ID: _new_id(), **kwargs.pop("headers", {})}
         if timeout is not None:
             kwargs["timeout"] = timeout
+        lost = [] if lost is None else lost
         try:
             for attempt in retries.attempts(safe, self.max_retries, forever):
                 with attempt:
                     try:
                         response = self._http.request(method, path, headers=headers, **kwargs)
                     except httpx.TransportError as exc:
-                        if lost is not None:
-                            lost.append(exc)
+                        lost.append(exc)
                         raise
                     if response.status_code >= 400:
-                        raise errors.from_response(response)
+                        error = errors.from_response(response)
+                        error.in_flight = keyed and bool(lost) and response.status_code == 409
+                        raise error
                     return response
         except httpx.TransportError as exc:
             raise ConnectionFailed(
@@ -163,7 +171,8 @@ class SessionsClient:
 
     def _post(self, path, body, idempotency_key):
         key = idempotency_key or _new_id()
-        return self._request("POST", path, json=body, headers={IDEMPOTENCY_KEY: key}, safe=True)
+        headers = {IDEMPOTENCY_KEY: key}
+        return self._request("POST", path, json=body, headers=headers, safe=True, keyed=True)
 
     # -- sessions -----------------------------------------------------------
 
@@ -178,7 +187,7 @@ class SessionsClient:
 
     def get(self, session_id):
         """Return the session ``session_id`` (``NotFoundError`` if there is none)."""
-        response = self._request("GET", f"/api/sessions/{session_id}", safe=True)
+        response = self._request("GET", f"/api/sessions/{_quoted(session_id)}", safe=True)
         return Session.from_json(response.json(), etag=response.headers.get("ETag"))
 
     def update(self, session_id, *, status=None, data=None, prompt=_UNSET, if_match=None):
@@ -200,7 +209,7 @@ class SessionsClient:
         headers = {} if if_match is None else {"If-Match": _etag(if_match)}
         response = self._request(
             "PATCH",
-            f"/api/sessions/{session_id}",
+            f"/api/sessions/{_quoted(session_id)}",
             json=body,
             headers=headers,
             safe=if_match is not None,
@@ -217,7 +226,11 @@ class SessionsClient:
         lost = []
         try:
             self._request(
-                "DELETE", f"/api/sessions/{session_id}", headers=headers, safe=True, lost=lost
+                "DELETE",
+                f"/api/sessions/{_quoted(session_id)}",
+                headers=headers,
+                safe=True,
+                lost=lost,
             )
         except NotFoundError:
             if not lost:
@@ -256,7 +269,7 @@ class SessionsClient:
         body = {"content": content}
         if role is not None:
             body["role"] = role
-        response = self._post(f"/api/sessions/{session_id}/message", body, idempotency_key)
+        response = self._post(f"/api/sessions/{_quoted(session_id)}/message", body, idempotency_key)
         return Receipt.from_json(response.json(), replayed=response.headers.get(REPLAYED) == "true")
 
     def messages(self, session_id, *, order=None, limit=None, cursor=None):
@@ -268,7 +281,7 @@ class SessionsClient:
 
         def fetch(page_cursor):
             query = params if page_cursor is None else {**params, "cursor": page_cursor}
-            doc = self._get(f"/api/sessions/{session_id}/messages", query)
+            doc = self._get(f"/api/sessions/{_quoted(session_id)}/messages", query)
             return Page(
                 [Message.from_json(item) for item in doc["messages"]], doc["next_cursor"], doc
             )
@@ -281,7 +294,7 @@ class SessionsClient:
         Runs until the caller stops; a lost connection or a restarting
         service is waited out.  ``NotFoundError`` when the session is deleted.
         """
-        path = f"/api/sessions/{session_id}/messages"
+        path = f"/api/sessions/{_quoted(session_id)}/messages"
         while True:
             params = {"wait": wait, "limit": 1000}
             if cursor is not None:

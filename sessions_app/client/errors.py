@@ -22,6 +22,8 @@ class ApiError(SessionsError):
     """
 
     status = None
+    #: True for a 409 that says an earlier try of the same request is still being handled.
+    in_flight = False
 
     def __init__(self, status, problem, request_id=None, retry_after=None):
         self.status = status

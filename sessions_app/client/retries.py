@@ -43,6 +43,8 @@ def decide(safe):
             return False
         if isinstance(exc, httpx.TransportError):
             return True
+        if getattr(exc, "in_flight", False):
+            return True
         if isinstance(exc, ApiError) and exc.status in RETRY_STATUSES:
             if exc.retry_after is None:
                 return True
