@@ -1,14 +1,11 @@
 """Helpers for the client's tests against a live server: which contract sections it
 serves yet, and a unique agent per test so tests never see each other's sessions."""
 
-import os
 import uuid
 from functools import cache
 
 import pytest
 import requests
-
-BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
 
 
 def new_agent():

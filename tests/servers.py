@@ -7,10 +7,8 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
@@ -125,26 +123,3 @@ def worker_pids(master_pid):
         if parent == master_pid:
             children.add(int(entry))
     return children
-
-
-@contextmanager
-def fresh_database(backend, folder):
-    """Yield the URL of an empty database: a SQLite file in ``folder``, or a new PostgreSQL one.
-
-    The PostgreSQL database is made beside ``TEST_DATABASE_URL``'s and dropped afterwards.
-    """
-    if backend == "sqlite":
-        yield f"sqlite:///{folder}/sessions.sqlite3"
-        return
-    import psycopg
-
-    admin_url = os.environ["TEST_DATABASE_URL"]
-    parts = urlsplit(admin_url)
-    name = f"{parts.path.lstrip('/')}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(parts._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

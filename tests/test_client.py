@@ -11,9 +11,10 @@ from itertools import islice
 from urllib.parse import urlsplit
 
 import pytest
+from databases import BACKENDS, new_database
 from faultproxy import FaultProxy
-from live import BACKENDS, needs, new_agent
-from servers import free_port, fresh_database, start_gunicorn, stop, wait_for
+from live import needs, new_agent
+from servers import free_port, start_gunicorn, stop, wait_for
 
 from sessions_app.client import (
     ApiError,
@@ -469,7 +470,7 @@ def test_watch_sees_a_create_a_message_and_a_delete(client):
 def test_watch_misses_nothing_across_a_server_restart(backend, tmp_path):
     env = {"BIND": f"127.0.0.1:{free_port()}", "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "4"}
     base_url = f"http://{env['BIND']}"
-    with fresh_database(backend, tmp_path) as url, SessionsClient(base_url) as client:
+    with new_database(backend, tmp_path) as url, SessionsClient(base_url) as client:
         env["DATABASE_URL"] = url
         process = start_gunicorn(tmp_path, **env)
         try:

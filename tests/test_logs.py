@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from sessions_app import config, create_app, db
+from sessions_app import config, create_app, db, migrations
 from sessions_app.logs import JsonFormatter, TextFormatter, dict_config
 
 SECRET_TOKEN = "tok-do-not-log-0123456789"
@@ -101,7 +101,7 @@ def test_no_line_holds_a_token_or_a_body(tmp_path, production_logging):
             "SESSIONS_API_TOKENS": SECRET_TOKEN,
         }
     )
-    db.init_db()
+    migrations.upgrade()
     client = app.test_client()
     auth = {"Authorization": f"Bearer {SECRET_TOKEN}"}
     try:
@@ -188,7 +188,7 @@ def test_the_dev_server_writes_one_readable_line_per_request(tmp_path):
         "DATABASE_URL": f"sqlite:///{tmp_path}/dev.sqlite3",
     }
     subprocess.run(
-        [flask, "--app", "sessions_app", "init-db"], env=env, check=True, capture_output=True
+        [flask, "--app", "sessions_app", "db", "upgrade"], env=env, check=True, capture_output=True
     )
     log_path = tmp_path / "dev.log"
     with open(log_path, "wb") as log:
