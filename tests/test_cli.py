@@ -16,7 +16,7 @@ from live import needs, new_agent
 from servers import free_port
 
 from sessions_app.client import SessionsClient
-from sessions_app.client.cli import EXIT_API_ERROR, EXIT_UNREACHABLE, main
+from sessions_app.client.cli import EXIT_API_ERROR, EXIT_INTERRUPTED, EXIT_UNREACHABLE, main
 
 pytestmark = pytest.mark.server
 
@@ -259,6 +259,20 @@ def _spawn(*args, env=None):
     )
 
 
+def _interrupt(process):
+    """Press Ctrl-C in ``process``; return its exit status (None if SIGINT cannot reach it)."""
+    # A child inherits an ignored SIGINT (a test run started in the background):
+    # then Ctrl-C cannot be shown, and the process is terminated instead.
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    with process:
+        if ignored:
+            process.terminate()
+        else:
+            process.send_signal(signal.SIGINT)
+        status = process.wait(timeout=10)
+    return None if ignored else status
+
+
 def _read_lines(process, count, timeout=20):
     """Read ``count`` lines of ``process``'s stdout, failing after ``timeout`` seconds."""
     lines = []
@@ -284,8 +298,7 @@ def test_sessions_watch_shows_changes_made_elsewhere_live(live_server, client):
         client.delete(session.id)
         third = _read_lines(watching, 1)
     finally:
-        watching.send_signal(signal.SIGINT)
-        watching.wait(timeout=10)
+        status = _interrupt(watching)
     events = [json.loads(line) for line in first + second + third]
     assert [(e["type"], e["session_id"]) for e in events] == [
         ("session.created", session.id),
@@ -293,7 +306,7 @@ def test_sessions_watch_shows_changes_made_elsewhere_live(live_server, client):
         ("session.deleted", session.id),
     ]
     assert events[1]["message_id"] == receipt.message_id
-    assert watching.returncode == 130
+    assert status in (EXIT_INTERRUPTED, None)
 
 
 def test_sessions_tail_shows_new_messages(live_server, client):
@@ -306,7 +319,23 @@ def test_sessions_tail_shows_new_messages(live_server, client):
         client.send(session.id, "later", role="assistant")
         second = _read_lines(tailing, 1)
     finally:
-        tailing.send_signal(signal.SIGINT)
-        tailing.wait(timeout=10)
+        status = _interrupt(tailing)
     assert first[0].rstrip().endswith("user       earlier")
     assert second[0].rstrip().endswith("assistant  later")
+    assert status in (EXIT_INTERRUPTED, None)
+
+
+def test_watch_waits_for_an_unreachable_service_until_interrupted():
+    watching = _spawn("--url", f"http://127.0.0.1:{free_port()}", "watch")
+    try:
+        said = []
+        reader = threading.Thread(
+            target=lambda: said.append(watching.stderr.readline()), daemon=True
+        )
+        reader.start()
+        reader.join(20)
+        assert watching.poll() is None  # still trying
+    finally:
+        status = _interrupt(watching)
+    assert said[0].startswith("Retrying in ") and "Connection refused" in said[0]
+    assert status in (EXIT_INTERRUPTED, None)
