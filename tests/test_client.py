@@ -133,6 +133,7 @@ def test_create_get_and_the_raw_json(client):
     fetched = client.get(created.id)
     assert fetched.raw == created.raw
     assert fetched == created
+    assert client.health() == {"status": "ok"}
 
 
 @pytest.mark.server
@@ -466,8 +467,9 @@ def test_watch_sees_a_create_a_message_and_a_delete(client):
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("stream", [False, True], ids=["long-poll", "stream"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_watch_misses_nothing_across_a_server_restart(backend, tmp_path):
+def test_watch_misses_nothing_across_a_server_restart(backend, stream, tmp_path):
     env = {"BIND": f"127.0.0.1:{free_port()}", "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "4"}
     base_url = f"http://{env['BIND']}"
     with new_database(backend, tmp_path) as url, SessionsClient(base_url) as client:
@@ -477,7 +479,8 @@ def test_watch_misses_nothing_across_a_server_restart(backend, tmp_path):
             wait_for(f"{base_url}/health", process, tmp_path / "gunicorn.log")
             needs(base_url, "changes")
             agent, seen = new_agent(), []
-            changes = client.watch(client.changes("latest").next_cursor, agent_id=agent, wait=2)
+            start = client.changes("latest").next_cursor
+            changes = client.watch(start, agent_id=agent, stream=stream, wait=2)
             watcher = threading.Thread(target=lambda: seen.extend(islice(changes, 6)), daemon=True)
             watcher.start()
             before = [client.create(agent).id for _ in range(3)]
