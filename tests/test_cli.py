@@ -285,11 +285,14 @@ def _read_lines(process, count, timeout=20):
     return lines
 
 
-def test_sessions_watch_shows_changes_made_elsewhere_live(live_server, client):
+@pytest.mark.parametrize("how", [[], ["--stream"]], ids=["long-poll", "stream"])
+def test_sessions_watch_shows_changes_made_elsewhere_live(live_server, client, how):
     needs(live_server, "changes")
     agent = new_agent()
     cursor = client.changes("latest").next_cursor
-    watching = _spawn("--url", live_server, "watch", "--agent", agent, "--cursor", cursor, "--json")
+    watching = _spawn(
+        "--url", live_server, "watch", "--agent", agent, "--cursor", cursor, "--json", *how
+    )
     try:
         session = client.create(agent)
         first = _read_lines(watching, 1)
@@ -339,3 +342,30 @@ def test_watch_waits_for_an_unreachable_service_until_interrupted():
         status = _interrupt(watching)
     assert said[0].startswith("Retrying in ") and "Connection refused" in said[0]
     assert status in (EXIT_INTERRUPTED, None)
+
+
+def test_watch_prints_each_change_until_the_feed_says_gone(live_server):
+    changes = [
+        {"seq": 8, "type": "session.created", "session_id": "session-a", "agent_id": "a",
+         "task_id": None, "status": "created", "version": 1, "at": "2026-11-30T06:00:00.5Z"},
+        {"seq": 9, "type": "message.created", "session_id": "session-a", "agent_id": "a",
+         "task_id": None, "status": "active", "version": 2, "at": "2026-11-30T06:00:01Z",
+         "message_id": "msg-b", "role": "user"},
+    ]  # fmt: skip
+    page = json.dumps({"changes": changes, "next_cursor": "9"}).encode()
+    gone = json.dumps({"status": 410, "title": "Gone", "detail": "List again."}).encode()
+    parts = urlsplit(live_server)
+    outputs = []
+    for args in (["watch", "--cursor", "7"], ["watch", "--cursor", "7", "--json"]):
+        with FaultProxy((parts.hostname, parts.port)) as proxy:
+            proxy.answer("GET", "/api/changes", 200, page, [("Content-Type", "application/json")])
+            proxy.answer("GET", "/api/changes", 410, gone)
+            outputs.append(CliRunner().invoke(main, ["--url", proxy.url, *args]))
+    text, as_json = outputs
+    assert (text.exit_code, as_json.exit_code) == (EXIT_API_ERROR, EXIT_API_ERROR)
+    assert text.stdout.splitlines() == [
+        "2026-11-30 06:00:00  session.created  session-a  created",
+        "2026-11-30 06:00:01  message.created  session-a  active  msg-b (user)",
+    ]
+    assert [json.loads(line) for line in as_json.stdout.splitlines()] == changes
+    assert text.stderr == "Error: 410 Gone: List again.\n"

@@ -154,6 +154,14 @@ def echo_session(session):
         click.echo(f"{name.ljust(width)}  {_cell(value)}")
 
 
+def show_session(session, as_json):
+    """Print a session as JSON or field by field."""
+    if as_json:
+        echo_json(session.raw)
+    else:
+        echo_session(session)
+
+
 def echo_message(message):
     """Print a message: time, role, then its text (later lines indented)."""
     lead = f"{_when(message.timestamp)}  {message.role.ljust(9)}  "
@@ -194,7 +202,7 @@ def reports_errors(command):
         except ConnectionFailed as exc:
             click.echo(f"Error: cannot reach the service: {exc}", err=True)
             sys.exit(EXIT_UNREACHABLE)
-        except SessionsError as exc:  # pragma: no cover - every subclass is handled above
+        except SessionsError as exc:  # e.g. an event stream that is not one
             click.echo(f"Error: {exc}", err=True)
             sys.exit(EXIT_API_ERROR)
 
@@ -273,7 +281,7 @@ def say_retrying(details):
 def list_command(ctx, sort, order, limit, show_all, as_json, **filters):
     """List sessions, newest first."""
     pager = client_of(ctx).sessions(
-        limit=None if show_all else min(limit, 1000), sort=sort, order=order, **_filters(filters)
+        limit=1000 if show_all else min(limit, 1000), sort=sort, order=order, **_filters(filters)
     )
     sessions = []
     for session in pager:
@@ -308,7 +316,7 @@ def list_command(ctx, sort, order, limit, show_all, as_json, **filters):
 def show(ctx, session_id, as_json):
     """Show one session."""
     session = client_of(ctx).get(session_id)
-    echo_json(session.raw) if as_json else echo_session(session)
+    show_session(session, as_json)
 
 
 @main.command()
@@ -322,7 +330,7 @@ def show(ctx, session_id, as_json):
 def create(ctx, agent_id, task_id, prompt, data, as_json):
     """Create a session."""
     session = client_of(ctx).create(agent_id, task_id=task_id, prompt=prompt, data=data)
-    echo_json(session.raw) if as_json else echo_session(session)
+    show_session(session, as_json)
 
 
 @main.command()
@@ -364,7 +372,7 @@ def update(ctx, session_id, status, data, prompt, if_match, as_json):
     if if_match is not None:
         changes["if_match"] = int(if_match) if if_match.isdigit() else if_match
     session = client_of(ctx).update(session_id, **changes)
-    echo_json(session.raw) if as_json else echo_session(session)
+    show_session(session, as_json)
 
 
 @main.command()
@@ -432,17 +440,21 @@ def count(ctx, as_json, **filters):
 @click.option(
     "--cursor", default="latest", show_default=True, help="Start after this position (a seq)."
 )
+@click.option("--stream", is_flag=True, help="Read the feed as an event stream, not by long polls.")
 @json_option
 @click.pass_context
 @follows
 @reports_errors
-def watch(ctx, agent_id, task_id, session_id, types, cursor, as_json):
+def watch(ctx, agent_id, task_id, session_id, types, cursor, stream, as_json):
     """Print each change to the sessions as it happens, until interrupted."""
     filters = _filters(
         {"agent_id": agent_id, "task_id": task_id, "session_id": session_id, "type": types}
     )
-    for change in client_of(ctx).watch(cursor, **filters):
-        echo_json_line(change.raw) if as_json else echo_change(change)
+    for change in client_of(ctx).watch(cursor, stream=stream, **filters):
+        if as_json:
+            echo_json_line(change.raw)
+        else:
+            echo_change(change)
 
 
 @main.command()
@@ -454,4 +466,7 @@ def watch(ctx, agent_id, task_id, session_id, types, cursor, as_json):
 def tail(ctx, session_id, as_json):
     """Print a session's messages, then each new one as it arrives, until interrupted."""
     for message in client_of(ctx).tail(session_id):
-        echo_json_line(message.raw) if as_json else echo_message(message)
+        if as_json:
+            echo_json_line(message.raw)
+        else:
+            echo_message(message)
