@@ -369,3 +369,13 @@ def test_watch_prints_each_change_until_the_feed_says_gone(live_server):
     ]
     assert [json.loads(line) for line in as_json.stdout.splitlines()] == changes
     assert text.stderr == "Error: 410 Gone: List again.\n"
+
+
+def test_without_the_client_extra_the_import_says_what_to_install():
+    code = "import sys; sys.modules['httpx'] = None; from sessions_app.client.cli import main"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == (
+        "ModuleNotFoundError: sessions_app.client needs httpx: pip install 'sessions_app[client]'"
+    )

@@ -14,7 +14,13 @@ It imports nothing of the service (no Flask, peewee or marshmallow): a tool
 needs only httpx, httpx-sse and stamina.
 """
 
-from .api import SessionsClient
+try:
+    from .api import SessionsClient
+except ModuleNotFoundError as missing:  # installed without its extra
+    raise ModuleNotFoundError(
+        f"sessions_app.client needs {missing.name}: pip install 'sessions_app[client]'",
+        name=missing.name,
+    ) from missing
 from .errors import (
     ApiError,
     ConflictError,
