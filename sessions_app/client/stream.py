@@ -25,18 +25,22 @@ def follow(http, params, connect_timeout):
     timeout = httpx.Timeout(connect_timeout, read=STREAM_READ_TIMEOUT)
     while True:
         response = _open(http, params, last_id, timeout)
+        events = 0
         try:
             for event in EventSource(response).iter_sse():
                 if not event.data:
                     continue
                 change = Change.from_json(event.json())
                 last_id = event.id or str(change.seq)
+                events += 1
                 yield change
         except httpx.TransportError:
-            # Cut mid-stream (a restart, a proxy): reconnect from the last event.
-            time.sleep(retries.WAIT_INITIAL)
+            events = 0  # cut mid-stream (a restart, a proxy): reconnect from the last event
         finally:
             response.close()
+        if not events:
+            # Not straight back to a service that keeps closing streams at once.
+            time.sleep(retries.WAIT_INITIAL)
 
 
 def _open(http, params, last_id, timeout):
