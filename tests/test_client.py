@@ -1,6 +1,9 @@
 """sessions_app.client against a real Gunicorn server, on SQLite and PostgreSQL."""
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -14,7 +17,7 @@ import pytest
 from databases import BACKENDS, new_database
 from faultproxy import FaultProxy
 from live import needs, new_agent
-from servers import free_port, start_gunicorn, stop, wait_for
+from servers import free_port, start_gunicorn, stop, wait_for, worker_pids
 
 from sessions_app.client import (
     ApiError,
@@ -485,15 +488,27 @@ def test_watch_misses_nothing_across_a_server_restart(backend, stream, tmp_path)
             watcher.start()
             before = [client.create(agent).id for _ in range(3)]
             _wait_until(lambda: len(seen) == 3)
-            stop(process)  # the watcher's long poll is cut; it retries until the server is back
+            crash(process)  # the watcher's request is cut; it retries until the server is back
             process = start_gunicorn(tmp_path, **env)
             wait_for(f"{base_url}/health", process, tmp_path / "gunicorn.log")
             after = [client.create(agent).id for _ in range(3)]
             watcher.join(timeout=30)
+            if not watcher.is_alive():
+                changes.close()  # its stream, if any, ends: the server need not wait for it
         finally:
             stop(process)
     assert [change.session_id for change in seen] == before + after
     assert [change.seq for change in seen] == sorted({change.seq for change in seen})
+
+
+def crash(process):
+    """Kill a Gunicorn and its workers at once, as a crash would (no graceful stop)."""
+    workers = worker_pids(process.pid)
+    process.kill()
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
 
 
 def _wait_until(condition, timeout=15):
