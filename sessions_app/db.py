@@ -1,8 +1,12 @@
 """The database: one proxy, bound when the app is created, pooled per worker.
 
-SQLite and PostgreSQL are both used through peewee's connection pools, so a
-request takes an open connection (pragmas already set) instead of opening
-one; ``teardown_request`` gives it back even when the view raised.
+SQLite and PostgreSQL are both used through peewee's connection pools.  Only
+code that talks to the database holds a connection, for as long as that
+takes: each model method runs in ``connected()``, which takes an open
+connection from the pool (pragmas already set) and gives it back when the
+method returns, before the response is sent.  A request that needs no data
+(``/metrics``, the API description, a 404) never touches the database, so it
+answers as usual while the database is down.
 """
 
 import fcntl
@@ -10,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import click
@@ -162,32 +167,45 @@ class QueuedSqliteDatabase(PooledSqliteDatabase):
             self.writers.release()
 
 
+@contextmanager
+def connected():
+    """Hold a connection for the block (or, as ``@connected()``, the function).
+
+    The connection is this thread's own if it already has one open (an outer
+    scope's, which this one leaves open), else one taken from the pool and
+    given back when the block ends, even when it raised.  A connection that
+    cannot be had raises ``OperationalError`` (a 503).
+    """
+    if not database.is_closed():
+        yield
+        return
+    # peewee's context counts nested scopes: a connection_context() opened
+    # inside this one leaves the connection to it.
+    with database.connection_context():
+        yield
+
+
+def ping():
+    """Run the cheapest query there is; raise if the database does not answer."""
+    with connected():
+        database.execute_sql("SELECT 1")
+
+
 def init_app(app):
-    """Bind the database to ``app``'s configuration and hook it into requests."""
+    """Bind the database to ``app``'s configuration; add the init-db command."""
     if database.obj is not None:
         # The proxy is shared by every app in the process: give back the
         # connections of the database it was bound to before.
         database.obj.close_all()
     database.initialize(make_database(app.config))
-    app.before_request(_connect)
-    app.teardown_request(_close)
     app.cli.add_command(init_db_command)
-
-
-def _connect():
-    database.connect(reuse_if_open=True)
-
-
-def _close(exc):
-    if not database.is_closed():
-        database.close()
 
 
 def init_db():
     """Create the tables and indexes that are missing; safe to run at any time."""
     from .models import MODELS
 
-    with database.connection_context(), database.atomic():
+    with connected(), database.atomic():
         if isinstance(database.obj, PostgresqlDatabase):
             database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
         database.create_tables(MODELS, safe=True)

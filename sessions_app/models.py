@@ -15,7 +15,7 @@ from peewee import (
 )
 
 from . import jsonio, metrics
-from .db import database
+from .db import connected, database
 from .errors import SessionNotFound, StatusConflict
 from .ids import new_message_id, new_session_id
 from .merge_patch import merge_patch
@@ -72,6 +72,7 @@ class Session(BaseModel):
         )
 
     @classmethod
+    @connected()
     def open(cls, agent_id, task_id=None, prompt=None, data=None):
         """Store a new session and return it as a dict."""
         now = now_us()
@@ -95,6 +96,7 @@ class Session(BaseModel):
         return row
 
     @classmethod
+    @connected()
     def fetch(cls, session_id):
         """Return the session as a dict, or raise ``SessionNotFound``."""
         rows = _session_by_id.rows(session_id=session_id)
@@ -103,6 +105,7 @@ class Session(BaseModel):
         return rows[0]
 
     @classmethod
+    @connected()
     def page(cls, limit, cursor=None, agent_id=None, task_id=None, status=None):
         """Return up to ``limit + 1`` summaries, newest first, after ``cursor``."""
         if not status or len(status) == 1:
@@ -137,6 +140,7 @@ class Session(BaseModel):
         return list(union.order_by(cls.id.desc()).limit(limit + 1).dicts())
 
     @classmethod
+    @connected()
     def change(cls, session_id, patch):
         """Apply a validated PATCH body and return the session after it.
 
@@ -161,6 +165,7 @@ class Session(BaseModel):
         return row
 
     @classmethod
+    @connected()
     def remove(cls, session_id):
         """Delete the session and its messages, or raise ``SessionNotFound``."""
         with database.atomic():
@@ -208,6 +213,7 @@ class Message(BaseModel):
         primary_key = CompositeKey("session", "seq")
 
     @classmethod
+    @connected()
     def send(cls, session_id, content, role):
         """Store a message and count it on its session, in one transaction."""
         with database.atomic():
@@ -233,6 +239,7 @@ class Message(BaseModel):
         }
 
     @classmethod
+    @connected()
     def page(cls, session_id, limit, after=0):
         """Return up to ``limit + 1`` messages of a session, oldest first."""
         rows = _message_page.rows(session_id=session_id, after=after, limit=limit + 1)
