@@ -1,0 +1,30 @@
+"""The Flask app, built by named steps (``sessions_app.create_app`` calls this)."""
+
+from flask import Flask
+
+from . import auth, config, db, errors, health, logs, metrics, openapi, proxy, requestid, views
+from .jsonio import OrjsonProvider
+
+
+class SessionsFlask(Flask):
+    json_provider_class = OrjsonProvider
+
+
+def create_app(mapping=None):
+    """Build the app: defaults, then the environment, then ``mapping``."""
+    app = SessionsFlask("sessions_app")
+    app.config.from_mapping(config.load(mapping))
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
+    # Before the database connects, so even a request it fails has an id,
+    # a log line, a count and a token check.
+    requestid.init_app(app)
+    logs.init_app(app)
+    metrics.init_app(app)
+    auth.init_app(app)
+    proxy.init_app(app)
+    db.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(views.bp)
+    app.register_blueprint(health.bp)
+    openapi.init_app(app)  # last: it describes the routes registered above
+    return app
