@@ -15,8 +15,8 @@ def create_app(mapping=None):
     app = SessionsFlask("sessions_app")
     app.config.from_mapping(config.load(mapping))
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
-    # Before the database connects, so even a request it fails has an id,
-    # a log line, a count and a token check.
+    # First, so every request has an id, a log line, a count and a token
+    # check, whatever answers it.
     requestid.init_app(app)
     logs.init_app(app)
     metrics.init_app(app)
