@@ -1,6 +1,6 @@
 """Bearer tokens for ``/api``: read-write and read-only, compared in constant time.
 
-With no token configured the API is open (a warning says so at start when
+With no token configured the API is open (``exposure`` warns at start when
 the service listens beyond loopback).  ``/health`` and ``/metrics`` are
 always open: they carry no session data and monitors call them.  The API's
 own description (``/api/openapi.json``, ``/api/docs``) is open too: it holds
@@ -8,7 +8,6 @@ no data, and a browser opening the docs cannot send a token.
 """
 
 import hmac
-import ipaddress
 
 from flask import current_app, request
 from werkzeug.exceptions import Forbidden, Unauthorized
@@ -81,41 +80,6 @@ def _check():
     if may_read:
         raise ReadOnlyToken()
     raise TokenRequired(invalid=True)
-
-
-def exposure_warning(config, addresses):
-    """Return a warning when the API is open to more than this machine, else None.
-
-    ``addresses`` are Gunicorn's parsed binds: ``(host, port)`` pairs, or a
-    path for a unix socket, which exists for a proxy to publish.
-    """
-    if config["SESSIONS_API_TOKENS"].strip() or config["SESSIONS_API_READONLY_TOKENS"].strip():
-        return None
-    exposed = [_describe(address) for address in addresses if not _loopback(address)]
-    if not exposed:
-        return None
-    return (
-        f"SESSIONS_API_TOKENS is not set and the service listens on {', '.join(exposed)}: "
-        "anyone who can reach it can read and change every session."
-    )
-
-
-def _loopback(address):
-    if not isinstance(address, tuple):
-        return False
-    host = address[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _describe(address):
-    if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
-    return f"unix:{address}"
 
 
 def init_app(app):

@@ -2,7 +2,8 @@
 
 Every setting is read when the app is created, never at import time.  Each
 name below is both an ``app.config`` key and the environment variable that
-sets it.
+sets it.  ``gunicorn.conf.py`` reads them here too: this module imports
+nothing but the standard library, so the Gunicorn master loads no app code.
 """
 
 import os
@@ -10,7 +11,9 @@ import os
 #: name -> (default, type); README.rst lists the same names in one table.
 SETTINGS = {
     "DATABASE_URL": ("sqlite:///var/sessions.sqlite3", str),
-    "DATABASE_POOL_SIZE": (8, int),
+    # None: one connection per thread of a Gunicorn worker, so no request
+    # waits for one.
+    "DATABASE_POOL_SIZE": (None, int),
     "DATABASE_POOL_TIMEOUT": (10, int),
     "SQLITE_BUSY_TIMEOUT_MS": (10_000, int),
     "MAX_BODY_BYTES": (1_048_576, int),
@@ -22,6 +25,7 @@ SETTINGS = {
     "SESSIONS_API_READONLY_TOKENS": ("", str),
     "LOG_LEVEL": ("INFO", str),
     "LOG_FORMAT": ("json", str),
+    "GUNICORN_THREADS": (2, int),
 }
 
 LOG_FORMATS = ("json", "text")
@@ -47,7 +51,14 @@ def load(mapping=None, environ=None):
     config = {name: default for name, (default, _kind) in SETTINGS.items()}
     config.update(from_environ(environ))
     config.update(mapping or {})
-    for name in ("DATABASE_POOL_SIZE", "MAX_BODY_BYTES", "SQLITE_BUSY_TIMEOUT_MS"):
+    if config["DATABASE_POOL_SIZE"] is None:
+        config["DATABASE_POOL_SIZE"] = config["GUNICORN_THREADS"]
+    for name in (
+        "GUNICORN_THREADS",
+        "DATABASE_POOL_SIZE",
+        "MAX_BODY_BYTES",
+        "SQLITE_BUSY_TIMEOUT_MS",
+    ):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1, not {config[name]}")
     if config["LOG_FORMAT"] not in LOG_FORMATS:

@@ -2,7 +2,20 @@
 
 from flask import Flask
 
-from . import auth, config, db, errors, health, logs, metrics, openapi, proxy, requestid, views
+from . import (
+    auth,
+    config,
+    db,
+    errors,
+    health,
+    logs,
+    metrics,
+    openapi,
+    proxy,
+    requestid,
+    requestlog,
+    views,
+)
 from .jsonio import OrjsonProvider
 
 
@@ -19,6 +32,7 @@ def create_app(mapping=None):
     # check, whatever answers it.
     requestid.init_app(app)
     logs.init_app(app)
+    requestlog.init_app(app)
     metrics.init_app(app)
     auth.init_app(app)
     proxy.init_app(app)
