@@ -109,7 +109,10 @@ class WriterQueue:
     def _lock_file(self, deadline):
         if self._pid != os.getpid():
             flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-            self._fd, self._pid = os.open(self.path, flags, 0o660), os.getpid()
+            try:
+                self._fd, self._pid = os.open(self.path, flags, 0o660), os.getpid()
+            except OSError as exc:
+                raise OperationalError(f"cannot open the writer lock: {exc}") from exc
         pause = 0.00005
         while True:
             try:
@@ -122,12 +125,30 @@ class WriterQueue:
                 pause = min(pause * 2, 0.001)
 
     def release(self):
-        """Release the lock if this thread holds it; a second call does nothing."""
-        if getattr(self._held, "value", False):
-            self._held.value = False
-            if self.path is not None:
+        """Release the lock if this thread holds it; return whether it did.
+
+        A second call does nothing.  The thread lock is released even when
+        unlocking the file fails, so no thread of this process waits for a
+        turn that will never come.
+        """
+        if not getattr(self._held, "value", False):
+            return False
+        self._held.value = False
+        try:
+            if self.path is not None and self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
             self._threads.release()
+        return True
+
+    def close(self):
+        """Close the lock file, if this process opened it; the next writer opens it again."""
+        fd = self._fd
+        self._fd, self._pid = None, None
+        if fd is not None:
+            # A descriptor inherited across a fork is closed too: the lock it
+            # may carry belongs to the parent's open file, which keeps it.
+            os.close(fd)
 
 
 class QueuedSqliteDatabase(PooledSqliteDatabase):
@@ -166,6 +187,22 @@ class QueuedSqliteDatabase(PooledSqliteDatabase):
         finally:
             self.writers.release()
 
+    def close(self):
+        closed = super().close()
+        # A connection given back in the middle of a transaction that peewee
+        # did not open (a bare BEGIN) is rolled back by the pool, not through
+        # rollback() above: its turn to write ends here.
+        self.writers.release()
+        return closed
+
+    def close_all(self):
+        super().close_all()
+        self.writers.close()
+
+    def dispose(self):
+        super().dispose()
+        self.writers.close()
+
 
 @contextmanager
 def connected():
@@ -198,7 +235,16 @@ def init_app(app):
         # connections of the database it was bound to before.
         database.obj.close_all()
     database.initialize(make_database(app.config))
+    app.teardown_request(_end_turn_to_write)
     app.cli.add_command(init_db_command)
+
+
+def _end_turn_to_write(exc):
+    # A backstop: a turn to write that outlived its transaction would make
+    # every later writer of this worker wait its full timeout, then fail.
+    writers = getattr(database.obj, "writers", None)
+    if writers is not None and writers.release():
+        logger.error("A turn to write was still held when the request ended; released it")
 
 
 def init_db():
