@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from servers import ROOT, free_port, request_line, start_gunicorn, stop, wait_for
+from servers import ROOT, free_port, request_line, require, start_gunicorn, stop, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -30,10 +30,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY = 1_048_576
 SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}").fullmatch
 
-if not NGINX.exists():
-    pytest.skip("nginx is not installed (apt-get install nginx)", allow_module_level=True)
-if not shutil.which("openssl"):
-    pytest.skip("openssl is not installed (needed for the TLS listener)", allow_module_level=True)
+require(NGINX.exists(), "nginx is not installed (apt-get install nginx)")
+require(shutil.which("openssl"), "openssl is not installed (needed for the TLS listener)")
 
 
 def unit_environment(run):
