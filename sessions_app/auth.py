@@ -2,9 +2,10 @@
 
 With no token configured the API is open (``exposure`` warns at start when
 the service listens beyond loopback).  ``/health`` and ``/metrics`` are
-always open: they carry no session data and monitors call them.  The API's
-own description (``/api/openapi.json``, ``/api/docs``) is open too: it holds
-no data, and a browser opening the docs cannot send a token.
+always open: they carry no session data and monitors call them.  Paths
+under ``/api`` that hold no data are left open by the module that serves
+them (``leave_open``): the API's description, which a browser opening the
+docs could not send a token for.
 """
 
 import hmac
@@ -14,7 +15,8 @@ from werkzeug.exceptions import Forbidden, Unauthorized
 
 REALM = "sessions-api"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-OPEN_PATHS = ("/api/openapi.json", "/api/docs")
+_TOKENS = "sessions_app.tokens"
+_OPEN_PATHS = "sessions_app.open_paths"
 
 
 class TokenRequired(Unauthorized):
@@ -41,11 +43,23 @@ def parse_tokens(value):
     return [token.strip().encode() for token in value.split(",") if token.strip()]
 
 
-def _protected(path):
-    if path != "/api" and not path.startswith("/api/"):
+def required(app):
+    """Tell whether ``app`` asks for tokens at all (any is configured)."""
+    return _TOKENS in app.extensions
+
+
+def leave_open(app, path):
+    """Serve ``path``, and every path under it, without a token."""
+    app.extensions.setdefault(_OPEN_PATHS, []).append(path)
+
+
+def needs_token(app, path):
+    """Tell whether a request for ``path`` must carry one of ``app``'s tokens."""
+    if not required(app) or (path != "/api" and not path.startswith("/api/")):
         return False
     return not any(
-        path == open_path or path.startswith(open_path + "/") for open_path in OPEN_PATHS
+        path == open_path or path.startswith(open_path + "/")
+        for open_path in app.extensions.get(_OPEN_PATHS, ())
     )
 
 
@@ -67,12 +81,12 @@ def _matches(given, tokens):
 
 
 def _check():
-    if not _protected(request.path):
+    if not needs_token(current_app, request.path):
         return
     given = _bearer(request.headers.get("Authorization", ""))
     if given is None:
         raise TokenRequired()
-    read_write, read_only = current_app.extensions["sessions_app.tokens"]
+    read_write, read_only = current_app.extensions[_TOKENS]
     may_write = _matches(given, read_write)
     may_read = _matches(given, read_only)
     if may_write or (may_read and request.method in READ_METHODS):
@@ -87,5 +101,5 @@ def init_app(app):
     read_write = parse_tokens(app.config["SESSIONS_API_TOKENS"])
     read_only = parse_tokens(app.config["SESSIONS_API_READONLY_TOKENS"])
     if read_write or read_only:
-        app.extensions["sessions_app.tokens"] = (read_write, read_only)
+        app.extensions[_TOKENS] = (read_write, read_only)
         app.before_request(_check)

@@ -128,8 +128,15 @@ def test_operations_endpoints_stay_open(guarded, path):
     assert guarded.get(path).status_code == 200
 
 
-def test_the_api_description_stays_open(guarded):
-    assert guarded.get("/api/openapi.json").status_code == 200
+@pytest.mark.parametrize("path", ["/api/openapi.json", "/api/docs/", "/api/docs/swagger-ui.css"])
+def test_the_api_description_stays_open(guarded, path):
+    with guarded.get(path) as response:  # a file is streamed: close it
+        assert response.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/openapi.jsonx", "/api/docsx", "/api", "/api/"])
+def test_only_the_open_paths_themselves_are_open(guarded, path):
+    assert guarded.get(path).status_code == 401
 
 
 def test_without_tokens_the_api_is_open(client):
