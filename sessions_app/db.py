@@ -17,8 +17,7 @@ import time
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
-import click
-from peewee import DatabaseProxy, OperationalError, PostgresqlDatabase
+from peewee import DatabaseProxy, OperationalError
 from playhouse.db_url import parse as parse_url
 from playhouse.pool import PooledSqliteDatabase
 from playhouse.postgres_ext import PooledPsycopg3Database
@@ -26,9 +25,6 @@ from playhouse.postgres_ext import PooledPsycopg3Database
 logger = logging.getLogger(__name__)
 
 database = DatabaseProxy()
-
-# Any number for pg_advisory_xact_lock, as long as it is the same everywhere.
-_SCHEMA_LOCK_KEY = 0x5E5510
 
 
 def make_database(config):
@@ -229,14 +225,13 @@ def ping():
 
 
 def init_app(app):
-    """Bind the database to ``app``'s configuration; add the init-db command."""
+    """Bind the database to ``app``'s configuration; release a forgotten turn to write."""
     if database.obj is not None:
         # The proxy is shared by every app in the process: give back the
         # connections of the database it was bound to before.
         database.obj.close_all()
     database.initialize(make_database(app.config))
     app.teardown_request(_end_turn_to_write)
-    app.cli.add_command(init_db_command)
 
 
 def _end_turn_to_write(exc):
@@ -247,27 +242,9 @@ def _end_turn_to_write(exc):
         logger.error("A turn to write was still held when the request ended; released it")
 
 
-def init_db():
-    """Create the tables and indexes that are missing; safe to run at any time."""
-    from .models import MODELS
-
-    with connected(), database.atomic():
-        if isinstance(database.obj, PostgresqlDatabase):
-            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-        database.create_tables(MODELS, safe=True)
-    logger.info("Database ready: %s", describe(database.obj))
-
-
 def describe(db):
     """Name a database for logs without its password."""
     if isinstance(db, PooledSqliteDatabase):
         return f"sqlite {db.database}"
     params = db.connect_params
     return f"postgresql {params.get('host', 'localhost')}:{params.get('port', 5432)}/{db.database}"
-
-
-@click.command("init-db")
-def init_db_command():
-    """Create the database tables if they do not exist."""
-    init_db()
-    click.echo(f"Initialised {describe(database.obj)}.")

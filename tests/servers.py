@@ -85,8 +85,8 @@ def wait_for(url, process, log_path, **kwargs):
         try:
             if requests.get(url, timeout=2, **kwargs).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or no worker has booted yet
         time.sleep(0.1)
     pytest.fail(f"{url} did not answer 200 in {START_TIMEOUT}s:\n{log_path.read_text()}")
 

@@ -10,7 +10,7 @@ import pytest
 from peewee import OperationalError
 from problems import assert_unavailable
 
-from sessions_app import create_app, db
+from sessions_app import create_app, db, migrations
 
 TIMEOUT_MS = 300
 
@@ -136,7 +136,7 @@ def sqlite(tmp_path):
             "SQLITE_BUSY_TIMEOUT_MS": TIMEOUT_MS,
         }
     )
-    db.init_db()
+    migrations.upgrade()
     yield app
     db.database.close_all()
 
