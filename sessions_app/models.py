@@ -116,23 +116,10 @@ class Session(BaseModel):
                 cursor=cursor,
                 status=status[0] if status else None,
             )
-        fields = (
-            cls.id,
-            cls.agent_id,
-            cls.task_id,
-            cls.status,
-            cls.created_at,
-            cls.last_active,
-            cls.message_count,
-        )
-        query = cls.select(*fields)
-        for field, value in ((cls.agent_id, agent_id), (cls.task_id, task_id), (cls.id, cursor)):
-            if value is not None:
-                query = query.where(field < value if field is cls.id else field == value)
         # One range scan per status on (…, status, id), merged; an IN list
         # would read every matching row and sort them all.
         parts = [
-            query.where(cls.status == s).order_by(cls.id.desc()).limit(limit + 1) for s in status
+            _session_page_query(limit + 1, agent_id, task_id, cursor, status=s) for s in status
         ]
         union = parts[0]
         for part in parts[1:]:
@@ -257,10 +244,7 @@ def _refuse_message(session_id):
 
 # -- the hot statements, generated once per database (see prepared.py) -------
 
-_session_by_id = Prepared(
-    lambda session_id: Session.select().where(Session.id == session_id),
-    convert={"data": Session.data.python_value},
-)
+_session_by_id = Prepared(lambda session_id: Session.select().where(Session.id == session_id))
 
 
 def _session_page_query(limit, agent_id=None, task_id=None, cursor=None, status=None):
