@@ -45,13 +45,13 @@ def start_gunicorn(run_dir, **env):
     Its log (the app's JSON lines too) goes to ``run_dir / "gunicorn.log"``.
     """
     environ = {
-        **os.environ,
+        # The pool follows the server's own settings unless a test sets it.
+        **{name: value for name, value in os.environ.items() if name != "DATABASE_POOL_SIZE"},
         "GUNICORN_CONTROL_SOCKET": str(run_dir / "gunicorn.ctl"),
         "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "prometheus"),
         "LOG_FORMAT": "json",
         **env,
     }
-    environ.pop("DATABASE_POOL_SIZE", None)
     with open(run_dir / "gunicorn.log", "wb") as log:
         return subprocess.Popen(
             [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
