@@ -68,7 +68,7 @@ control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "var/gunicorn.ctl")
 # peer on a unix socket.
 secure_scheme_headers = {}
 
-# The app writes one line per request (sessions_app.logs), so no access log
+# The app writes one line per request (sessions_app.requestlog), so no access log
 # here; Gunicorn's own lines come out in the app's format, on stdout.
 accesslog = None
 logconfig_dict = _logs.dict_config(_settings["LOG_LEVEL"], _settings["LOG_FORMAT"])
