@@ -213,7 +213,9 @@ class Message(BaseModel):
     ``(session_id, seq)`` orders them exactly and a page is one range scan.
     """
 
-    session = ForeignKeyField(Session, column_name="session_id", on_delete="CASCADE")
+    # No index of its own: the primary key (session_id, seq) serves every
+    # look-up by session, the cascade of a delete included.
+    session = ForeignKeyField(Session, column_name="session_id", on_delete="CASCADE", index=False)
     seq = IntegerField()
     message_id = CharField(max_length=40)
     role = CharField(max_length=16)
