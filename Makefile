@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run dev test fuzz lint init-db bench clean
+.PHONY: run dev test fuzz lint init-db bench prune clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,7 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .coverage *.egg-info
+
+## prune: delete the sessions past SESSION_RETENTION_SECONDS (PRUNE_ARGS=--dry-run to count only)
+prune: $(VENV)/.installed
+	$(BIN)/flask --app sessions_app prune $(PRUNE_ARGS)

@@ -2,7 +2,20 @@
 
 from flask import Flask
 
-from . import auth, config, db, errors, health, logs, metrics, openapi, proxy, requestid, views
+from . import (
+    auth,
+    config,
+    db,
+    errors,
+    health,
+    logs,
+    metrics,
+    openapi,
+    proxy,
+    requestid,
+    retention,
+    views,
+)
 from .jsonio import OrjsonProvider
 
 
@@ -26,5 +39,6 @@ def create_app(mapping=None):
     errors.init_app(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(health.bp)
+    retention.init_app(app)
     openapi.init_app(app)  # last: it describes the routes registered above
     return app
