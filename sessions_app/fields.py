@@ -139,6 +139,16 @@ class QueryTimestamp(fields.Field):
         try:
             return parse_rfc3339_us(value)
         except ValueError as exc:
-            if str(exc) == NOT_RFC3339:
-                raise self.make_error("plus" if " " in value else "invalid") from None
-            raise self.make_error("impossible", reason=exc) from None
+            if str(exc) != NOT_RFC3339:
+                raise self.make_error("impossible", reason=exc) from None
+            if " " in value and _parses(value.replace(" ", "+")):
+                raise self.make_error("plus") from None
+            raise self.make_error("invalid") from None
+
+
+def _parses(text):
+    try:
+        parse_rfc3339_us(text)
+    except ValueError:
+        return False
+    return True
