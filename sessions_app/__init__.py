@@ -10,6 +10,7 @@ from . import (
     health,
     logs,
     metrics,
+    migrations,
     openapi,
     proxy,
     requestid,
@@ -36,6 +37,7 @@ def create_app(mapping=None):
     auth.init_app(app)
     proxy.init_app(app)
     db.init_app(app)
+    migrations.init_app(app)
     errors.init_app(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(health.bp)
