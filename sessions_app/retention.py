@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 from peewee import SQL, fn
 from prometheus_client import values
 
@@ -133,6 +134,7 @@ def prune(config, dry_run=False, batch=DEFAULT_BATCH, pause=DEFAULT_PAUSE, now=N
     show_default=True,
     help="Sessions deleted per transaction.",
 )
+@with_appcontext
 def prune_command(dry_run, batch):
     """Delete the sessions past SESSION_RETENTION_SECONDS, with their messages."""
     _count_metrics_as_prune()
