@@ -186,3 +186,22 @@ def test_message_list_in_either_order_is_a_primary_key_range(
     for sql, params in counted.queries:
         plan = "\n".join(map(str, explain(sql, params)))
         assert "messages_session_id" not in plan, plan
+
+
+COUNT_FILTERS = [
+    {},
+    {"agent_id": "a"},
+    {"task_id": "t"},
+    {"status": "active,paused"},
+    {"agent_id": "a", "status": "failed", "created_after": "2000-01-01T00:00:00Z"},
+    {"status": "active", "active_before": "2100-01-01T00:00:00Z"},
+    {"created_after": "2000-01-01T00:00:00Z", "created_before": "2100-01-01T00:00:00Z"},
+]
+
+
+@pytest.mark.parametrize("filters", COUNT_FILTERS, ids=filter_id)
+def test_a_count_is_an_index_range_per_status(client, count_queries, sessions, filters):
+    with count_queries() as counted:
+        response = client.get("/api/sessions/count", query_string=filters)
+    assert response.status_code == 200
+    assert_index_scans(counted.queries)
