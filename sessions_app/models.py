@@ -122,9 +122,9 @@ class Session(BaseModel):
     def page(cls, limit, sort="created_at", order="desc", status=None, **filters):
         """Return up to ``limit + 1`` summaries in ``sort``/``order``, after the cursor.
 
-        ``filters``: ``agent_id``, ``task_id``, the time windows and the
-        cursor's position (``cursor_at``, ``cursor_id``), as ``SessionFilters``
-        takes them.
+        ``status`` is a tuple of statuses; ``filters``: ``agent_id``,
+        ``task_id``, the time windows and the cursor's position
+        (``cursor_at``, ``cursor_id``), as ``SessionListQuerySchema`` loads them.
         """
         if sort == "created_at":
             # Only in this sort: a range of ids is then the range the page
@@ -318,7 +318,7 @@ def _filtered(
 ):
     """Add the list filters that are given to ``query``.
 
-    ``status`` is one status or a tuple of them.  ``first_id``/``last_id``
+    ``first_id``/``last_id``
     bound the ids to the ``created_at`` window (ids are time-ordered), so a
     window on the creation time is a range of an index ending in ``id``;
     ``created_at`` itself is compared too, so results never depend on it.
@@ -328,9 +328,7 @@ def _filtered(
         (Session.task_id, task_id),
         (Session.status, status),
     ):
-        if isinstance(value, tuple):
-            query = query.where(field.in_(value))
-        elif value is not None:
+        if value is not None:
             query = query.where(field == value)
     for condition, value in (
         (Session.created_at > created_after, created_after),

@@ -7,6 +7,10 @@ messages), so the service's own writes wait at most one batch for it; the
 ``DELETE`` checks the expiry again, so a session changed since it was picked
 stays.  Until its batch commits a session is listed, counted and readable as
 usual; from then on it is gone from every endpoint at once.
+
+``Totals`` and ``prune`` hold one step per kind of row; the forgetting of
+idempotency keys and changes past their windows (sections 5 and 7) joins
+them as steps of their own where those tables exist.
 """
 
 import logging
@@ -63,8 +67,10 @@ def delete_expired_batch(cutoff, size):
     """Delete up to ``size`` expired sessions and their messages, in one transaction.
 
     Return the deleted sessions (``id``, ``agent_id``, ``task_id``,
-    ``status``, ``message_count``): what each one's tombstone in the change
-    feed records, in this same transaction.
+    ``status``, ``message_count``).  Each batch's deletion goes through here
+    and only here: a session's ``session.deleted`` tombstone (reason
+    ``expired``, contract section 7) is to be recorded inside this
+    transaction, from these rows.
     """
     batch = Session.select(Session.id).where(_expired(cutoff)).limit(size)
     # The expiry is checked again on the rows themselves: on PostgreSQL a
