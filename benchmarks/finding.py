@@ -20,6 +20,7 @@ project's gunicorn.conf.py, driven by wrk:
 Environment:
   BENCH_QUICK=1          one round of 2 s, 10,000 sessions to prune
   BENCH_ROUNDS, BENCH_WINDOW, BENCH_PRUNE   rounds, seconds per round, sessions to prune
+  BENCH_ONLY             some of writes,count,prune (all by default)
   BENCH_DATABASE_URL     also bench on PostgreSQL: databases named after this
                          one with _before, _count and _prune are made and dropped
 """
@@ -336,18 +337,20 @@ def bench_prune(kind, config, workdir):
 
 def report(kind, result):
     print(f"\n== {kind} ==")
-    for scenario, w in result["writes"].items():
+    for scenario, w in result.get("writes", {}).items():
         print(
             f"{scenario:<8} before {w['before_rps']:>6.0f}/s (p99 {w['before_p99_ms']:.1f} ms)  "
             f"after {w['after_rps']:>6.0f}/s (p99 {w['after_p99_ms']:.1f} ms)  "
             f"after/before {w['ratio']:.2f}  failed {w['failed']}"
         )
-    count = result["count"]
+    count = result.get("count", {"queries": {}})
     for name, q in count["queries"].items():
         print(
             f"count at {count['sessions']:,}, {name:<27} = {q['count']:>6,}: "
             f"p50 {q['p50_ms']:.2f} ms, p99 {q['p99_ms']:.2f} ms"
         )
+    if "prune" not in result:
+        return
     p = result["prune"]
     during = p["during"]
     base, worst = p["baseline"], max(f["p99_us"] for f in during) / 1000
@@ -370,12 +373,12 @@ def main():
     config = settings()
     kinds = ["sqlite"] + (["postgresql"] if os.environ.get("BENCH_DATABASE_URL") else [])
     run = {"machine": machine(), "settings": config, "results": {}}
+    parts = {"writes": bench_writes, "count": bench_count, "prune": bench_prune}
+    only = os.environ.get("BENCH_ONLY", ",".join(parts)).split(",")
     with tempfile.TemporaryDirectory(prefix="sessions-bench-finding-") as workdir:
         for kind in kinds:
             run["results"][kind] = {
-                "writes": bench_writes(kind, config, workdir),
-                "count": bench_count(kind, config, workdir),
-                "prune": bench_prune(kind, config, workdir),
+                name: bench(kind, config, workdir) for name, bench in parts.items() if name in only
             }
     run["machine"]["load_average_after"] = os.getloadavg()
     for kind, result in run["results"].items():
@@ -385,11 +388,11 @@ def main():
     path.write_text(json.dumps(run, indent=2) + "\n")
     print(f"\nFigures written to {path}")
     failed = any(
-        w["failed"] for r in run["results"].values() for w in r["writes"].values()
+        w["failed"] for r in run["results"].values() for w in r.get("writes", {}).values()
     ) or any(
         r["prune"]["left_expired"] or r["prune"]["baseline"]["failed"]
         or any(f["failed"] for f in r["prune"]["during"])
-        for r in run["results"].values()
+        for r in run["results"].values() if "prune" in r
     )  # fmt: skip
     return 1 if failed else 0
 

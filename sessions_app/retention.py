@@ -3,10 +3,11 @@
 A session that is ``completed`` or ``failed`` and whose ``last_active`` is
 older than ``SESSION_RETENTION_SECONDS`` is deleted with its messages.  Each
 batch is one short transaction (one ``DELETE``, whose cascade takes the
-messages), so the service's own writes wait at most one batch for it; the
-``DELETE`` checks the expiry again, so a session changed since it was picked
-stays.  Until its batch commits a session is listed, counted and readable as
-usual; from then on it is gone from every endpoint at once.
+messages), followed by a pause twice as long, so the service's own writes
+wait at most one short batch for it; the ``DELETE`` checks the expiry again,
+so a session changed since it was picked stays.  Until its batch commits a
+session is listed, counted and readable as usual; from then on it is gone
+from every endpoint at once.
 
 ``Totals`` and ``prune`` hold one step per kind of row; the forgetting of
 idempotency keys and changes past their windows (sections 5 and 7) joins
@@ -32,9 +33,16 @@ from .timefmt import format_us, now_us
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BATCH = 200
-#: Pause between batches, so the service's writers queue behind one batch at a time.
-DEFAULT_PAUSE = 0.005
+#: A batch takes up to this many sessions, and fewer when their messages
+#: would pass DEFAULT_BATCH_MESSAGES (a session with more is a batch alone):
+#: a transaction's length goes with the rows it deletes.
+DEFAULT_BATCH = 100
+DEFAULT_BATCH_MESSAGES = 500
+#: After each batch prune waits twice as long as the batch took (5 ms at
+#: least), so it holds the database (SQLite's write lock, the CPU, the disk)
+#: a third of the time at most and the service's writers take turns between.
+PAUSE_RATIO = 2
+MIN_PAUSE = 0.005
 
 
 @dataclass
@@ -63,8 +71,20 @@ def count_expired(cutoff):
     return Totals(sessions=sessions, messages=int(messages))
 
 
-def delete_expired_batch(cutoff, size):
-    """Delete up to ``size`` expired sessions and their messages, in one transaction.
+def next_batch(cutoff, size=DEFAULT_BATCH, messages=DEFAULT_BATCH_MESSAGES):
+    """Return the ids of the next expired sessions to delete together."""
+    rows = Session.select(Session.id, Session.message_count).where(_expired(cutoff)).limit(size)
+    ids, total = [], 0
+    for session_id, count in rows.tuples():
+        if ids and total + count > messages:
+            break
+        ids.append(session_id)
+        total += count
+    return ids
+
+
+def delete_expired(cutoff, ids):
+    """Delete those of the sessions ``ids`` still expired, with their messages, in one transaction.
 
     Return the deleted sessions (``id``, ``agent_id``, ``task_id``,
     ``status``, ``message_count``).  Each batch's deletion goes through here
@@ -72,12 +92,11 @@ def delete_expired_batch(cutoff, size):
     ``expired``, contract section 7) is to be recorded inside this
     transaction, from these rows.
     """
-    batch = Session.select(Session.id).where(_expired(cutoff)).limit(size)
-    # The expiry is checked again on the rows themselves: on PostgreSQL a
-    # row changed after the subquery read it is re-read before it is deleted.
+    # The expiry is checked again in the DELETE: a session changed since it
+    # was picked (a PATCH of its data moves last_active) stays.
     query = (
         Session.delete()
-        .where(Session.id.in_(batch) & _expired(cutoff))
+        .where(Session.id.in_(ids) & _expired(cutoff))
         .returning(
             Session.id, Session.agent_id, Session.task_id, Session.status, Session.message_count
         )
@@ -86,37 +105,44 @@ def delete_expired_batch(cutoff, size):
         return list(query.dicts().execute())
 
 
-def prune_sessions(retention_seconds, batch=DEFAULT_BATCH, pause=DEFAULT_PAUSE, now=None):
-    """Delete every session expired at ``now``, batch by batch; return the ``Totals``."""
-    cutoff = (now_us() if now is None else now) - retention_seconds * 1_000_000
+def prune_sessions(
+    cutoff,
+    batch=DEFAULT_BATCH,
+    batch_messages=DEFAULT_BATCH_MESSAGES,
+    pause=MIN_PAUSE,
+):
+    """Delete every session expired at ``cutoff``, batch by batch; return the ``Totals``."""
     totals = Totals()
-    while True:
-        deleted = delete_expired_batch(cutoff, batch)
-        if not deleted:
-            return totals
+    while ids := next_batch(cutoff, batch, batch_messages):
+        started = time.monotonic()
+        deleted = delete_expired(cutoff, ids)
+        took = time.monotonic() - started
         done = Totals(len(deleted), sum(row["message_count"] for row in deleted))
         totals.add(done)
         metrics.PRUNED.labels("sessions").inc(done.sessions)
         metrics.PRUNED.labels("messages").inc(done.messages)
         logger.info(
-            "Pruned a batch of %d sessions (%d messages); %s so far",
+            "Pruned a batch of %d sessions (%d messages) in %.1f ms; %s so far",
             done.sessions,
             done.messages,
+            took * 1000,
             totals.describe(),
         )
-        if len(deleted) < batch:
-            return totals
-        time.sleep(pause)
+        time.sleep(max(pause, took * PAUSE_RATIO))
+    return totals
 
 
-def prune(config, dry_run=False, batch=DEFAULT_BATCH, pause=DEFAULT_PAUSE, now=None):
-    """Delete (or with ``dry_run`` count) everything past its retention; return the ``Totals``."""
+def prune(config, dry_run=False, now=None, **batching):
+    """Delete (or with ``dry_run`` count) everything past its retention; return the ``Totals``.
+
+    ``batching``: ``batch``, ``batch_messages`` and ``pause``, as
+    ``prune_sessions`` takes them.
+    """
     retention = config["SESSION_RETENTION_SECONDS"]
     if retention is None:
         logger.info("SESSION_RETENTION_SECONDS is not set: no session expires")
         return Totals()
-    now = now_us() if now is None else now
-    cutoff = now - retention * 1_000_000
+    cutoff = (now_us() if now is None else now) - retention * 1_000_000
     if dry_run:
         totals = count_expired(cutoff)
         logger.info(
@@ -126,7 +152,7 @@ def prune(config, dry_run=False, batch=DEFAULT_BATCH, pause=DEFAULT_PAUSE, now=N
         )
         return totals
     logger.info("Pruning sessions final and last active before %s", format_us(cutoff))
-    totals = prune_sessions(retention, batch, pause, now)
+    totals = prune_sessions(cutoff, **batching)
     logger.info("Pruned %s", totals.describe())
     return totals
 
@@ -138,15 +164,24 @@ def prune(config, dry_run=False, batch=DEFAULT_BATCH, pause=DEFAULT_PAUSE, now=N
     type=click.IntRange(1, 10_000),
     default=DEFAULT_BATCH,
     show_default=True,
-    help="Sessions deleted per transaction.",
+    help="Most sessions deleted per transaction.",
+)
+@click.option(
+    "--batch-messages",
+    type=click.IntRange(1, 1_000_000),
+    default=DEFAULT_BATCH_MESSAGES,
+    show_default=True,
+    help="Fewer sessions per transaction when their messages would pass this.",
 )
 @with_appcontext
-def prune_command(dry_run, batch):
+def prune_command(dry_run, batch, batch_messages):
     """Delete the sessions past SESSION_RETENTION_SECONDS, with their messages."""
     _count_metrics_as_prune()
     try:
         with database.connection_context():
-            totals = prune(current_app.config, dry_run=dry_run, batch=batch)
+            totals = prune(
+                current_app.config, dry_run=dry_run, batch=batch, batch_messages=batch_messages
+            )
     except Exception:
         metrics.PRUNE_RUNS.labels("error").inc()
         raise

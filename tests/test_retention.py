@@ -1,6 +1,7 @@
 """Retention (section 9): prune deletes expired final sessions with their messages, only them."""
 
 import logging
+import re
 import threading
 
 import pytest
@@ -103,7 +104,11 @@ def test_prune_goes_in_batches_and_logs_and_counts_each(app, api, caplog):
     with caplog.at_level(logging.INFO, logger="sessions_app.retention"):
         totals = prune(app, batch=2, pause=0)
     assert (totals.sessions, totals.messages) == (5, 5)
-    batches = [r.getMessage() for r in caplog.records if "a batch" in r.getMessage()]
+    batches = [
+        re.sub(r" in [0-9.]+ ms", "", r.getMessage())
+        for r in caplog.records
+        if "a batch" in r.getMessage()
+    ]
     assert batches == [
         "Pruned a batch of 2 sessions (2 messages); 2 sessions, 2 messages so far",
         "Pruned a batch of 2 sessions (2 messages); 4 sessions, 4 messages so far",
@@ -111,6 +116,21 @@ def test_prune_goes_in_batches_and_logs_and_counts_each(app, api, caplog):
     ]
     assert caplog.records[-1].getMessage() == "Pruned 5 sessions, 5 messages"
     assert REGISTRY.get_sample_value("sessions_pruned_total", sample) == before + 5
+
+
+def test_a_batch_stops_before_its_messages_pass_the_bound(app, api):
+    app.config["SESSION_RETENTION_SECONDS"] = RETENTION
+    for _ in range(3):
+        make(api, "failed", 3 * HOUR, messages=4)
+    with app.app_context(), db.database.connection_context():
+        cutoff = now_us() - RETENTION * 1_000_000
+        assert len(retention.next_batch(cutoff, size=10, messages=8)) == 2
+        assert len(retention.next_batch(cutoff, size=10, messages=11)) == 2
+        assert len(retention.next_batch(cutoff, size=10, messages=12)) == 3
+        assert len(retention.next_batch(cutoff, size=2, messages=100)) == 2
+        # A session with more messages than the bound is a batch of its own.
+        assert len(retention.next_batch(cutoff, size=10, messages=2)) == 1
+    assert prune(app, batch_messages=2, pause=0).sessions == 3
 
 
 def test_the_prune_command(app, api, kept_and_expired):
