@@ -26,6 +26,8 @@ SETTINGS = {
     "LOG_LEVEL": ("INFO", str),
     "LOG_FORMAT": ("json", str),
     "GUNICORN_THREADS": (2, int),
+    # Unset: no session expires (see retention.py).
+    "SESSION_RETENTION_SECONDS": (None, int),
 }
 
 LOG_FORMATS = ("json", "text")
@@ -64,6 +66,11 @@ def load(mapping=None, environ=None):
     if config["LOG_FORMAT"] not in LOG_FORMATS:
         raise ValueError(
             f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {config['LOG_FORMAT']!r}"
+        )
+    retention = config["SESSION_RETENTION_SECONDS"]
+    if retention is not None and retention < 1:
+        raise ValueError(
+            f"SESSION_RETENTION_SECONDS must be at least 1 (or unset), not {retention}"
         )
     if config["TRUST_PROXY"] < 0:
         raise ValueError(f"TRUST_PROXY must be 0 (no proxy) or more, not {config['TRUST_PROXY']}")

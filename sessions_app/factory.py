@@ -15,6 +15,7 @@ from . import (
     proxy,
     requestid,
     requestlog,
+    retention,
     views,
 )
 from .jsonio import OrjsonProvider
@@ -42,5 +43,6 @@ def create_app(mapping=None):
     errors.init_app(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(health.bp)
+    retention.init_app(app)
     openapi.init_app(app)  # last: it describes the routes registered above
     return app

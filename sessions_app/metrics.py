@@ -47,6 +47,17 @@ MESSAGES_STORED = Counter(
     ["role"],
 )
 
+PRUNED = Counter(
+    "sessions_pruned",
+    "Rows deleted by the prune command (flask --app sessions_app prune), by kind.",
+    ["what"],
+)
+PRUNE_RUNS = Counter(
+    "sessions_prune_runs",
+    "Runs of the prune command, by outcome: ok, dry-run or error.",
+    ["outcome"],
+)
+
 # A client chooses the method; only these become label values, so a client
 # cannot grow the number of series without bound (unmatched paths likewise
 # share one route label).

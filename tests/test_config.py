@@ -71,3 +71,15 @@ def test_bad_values_are_refused_with_their_name(environ, message):
     with pytest.raises(ValueError) as raised:
         config.load(environ=environ)
     assert str(raised.value) == message
+
+
+def test_session_retention_is_unset_by_default_and_read_in_seconds():
+    assert config.load(environ={})["SESSION_RETENTION_SECONDS"] is None
+    loaded = config.load(environ={"SESSION_RETENTION_SECONDS": "86400"})
+    assert loaded["SESSION_RETENTION_SECONDS"] == 86400
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_session_retention_must_be_a_second_or_more(value):
+    with pytest.raises(ValueError, match="SESSION_RETENTION_SECONDS must be at least 1"):
+        config.load(environ={"SESSION_RETENTION_SECONDS": value})
