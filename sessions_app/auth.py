@@ -7,6 +7,7 @@ own description (``/api/openapi.json``, ``/api/docs``) is open too: it holds
 no data, and a browser opening the docs cannot send a token.
 """
 
+import hashlib
 import hmac
 import ipaddress
 
@@ -81,6 +82,18 @@ def _check():
     if may_read:
         raise ReadOnlyToken()
     raise TokenRequired(invalid=True)
+
+
+def caller():
+    """Name the caller, for keeping each token's idempotency keys apart.
+
+    ``""`` when no token is configured; else a hash of the request's bearer
+    token (checked already), so that no token is stored anywhere.
+    """
+    if "sessions_app.tokens" not in current_app.extensions:
+        return ""
+    token = _bearer(request.headers.get("Authorization", "")) or b""
+    return hashlib.sha256(b"sessions_app caller\0" + token).hexdigest()[:32]
 
 
 def exposure_warning(config, addresses):

@@ -22,6 +22,7 @@ SETTINGS = {
     "SESSIONS_API_READONLY_TOKENS": ("", str),
     "LOG_LEVEL": ("INFO", str),
     "LOG_FORMAT": ("json", str),
+    "IDEMPOTENCY_TTL_SECONDS": (86_400, int),
 }
 
 LOG_FORMATS = ("json", "text")
@@ -47,7 +48,12 @@ def load(mapping=None, environ=None):
     config = {name: default for name, (default, _kind) in SETTINGS.items()}
     config.update(from_environ(environ))
     config.update(mapping or {})
-    for name in ("DATABASE_POOL_SIZE", "MAX_BODY_BYTES", "SQLITE_BUSY_TIMEOUT_MS"):
+    for name in (
+        "DATABASE_POOL_SIZE",
+        "MAX_BODY_BYTES",
+        "SQLITE_BUSY_TIMEOUT_MS",
+        "IDEMPOTENCY_TTL_SECONDS",
+    ):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1, not {config[name]}")
     if config["LOG_FORMAT"] not in LOG_FORMATS:

@@ -26,7 +26,7 @@ def app(database_url):
     db.init_db()
     if database_url.startswith("postgres"):
         with db.database.connection_context():
-            db.database.execute_sql("TRUNCATE messages, sessions")
+            db.database.execute_sql("TRUNCATE messages, sessions, idempotency_keys")
     yield app
     db.database.close_all()
 

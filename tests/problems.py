@@ -33,7 +33,7 @@ SEED_FULL_KEYS = {
     "data",
 }
 SUMMARY_KEYS = {"id", "agent_id", "task_id", "status", "created_at", "last_active", "message_count"}
-FULL_KEYS = SUMMARY_KEYS | {"prompt", "data"}
+FULL_KEYS = SUMMARY_KEYS | {"prompt", "data", "version"}
 MESSAGE_KEYS = {"message_id", "session_id", "role", "content", "status", "timestamp"}
 RECEIPT_KEYS = {"message_id", "session_id", "status", "timestamp"}
 # Words that only a leaked stack trace, SQL statement or server path would show.

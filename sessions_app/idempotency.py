@@ -1,0 +1,183 @@
+"""Safe retries: a create or a message sent with an ``Idempotency-Key`` happens once.
+
+The first request with a key is handled as usual, inside one transaction
+that also stores its answer (status, body, ``Location``, ``ETag``) under the
+key, with a fingerprint of the request; a request that fails rolls back and
+stores nothing.  A later request with the key gets that answer again,
+untouched by what happened to the session since, and writes nothing.
+
+A key still being handled is told apart by the database:
+
+- PostgreSQL (many workers and hosts at once): the transaction first takes
+  a transaction-level advisory lock named by the key, without waiting; a
+  request that cannot take it is a 409.  The lock is let go at COMMIT, after
+  the answer is visible, so the next request with the key finds it.
+- SQLite: writers take turns (``db.WriterQueue``), so a request never sees
+  another's transaction half done: one sent while the first is being handled
+  waits for its turn (at most ``SQLITE_BUSY_TIMEOUT_MS``) and gets the replay.
+
+Keys are kept ``IDEMPOTENCY_TTL_SECONDS``; each stored key deletes a few
+expired ones, oldest first, so the table does not grow without bound.
+"""
+
+import hashlib
+import logging
+import re
+
+from flask import current_app, request
+from marshmallow import ValidationError
+from peewee import PostgresqlDatabase, Tuple
+
+from . import auth, jsonio
+from .conditional import ETAG, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED
+from .db import database
+from .errors import KeyInFlight, KeyReused
+from .models import IdempotencyKey
+from .prepared import Prepared
+from .timefmt import now_us
+
+logger = logging.getLogger(__name__)
+
+KEY = re.compile(r"[\x21-\x7e]{1,255}")
+BAD_KEY = "Must be 1 to 255 printable ASCII characters, without spaces."
+#: Expired keys deleted, at most, each time a key is stored.
+PURGE_BATCH = 10
+
+
+def load_key():
+    """Return the request's ``Idempotency-Key``, None without one; 422 if malformed."""
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is not None and not KEY.fullmatch(key):
+        raise ValidationError({IDEMPOTENCY_KEY: [BAD_KEY]})
+    return key
+
+
+def fingerprint(body):
+    """Return the request's fingerprint: its endpoint, its path's values and ``body``.
+
+    ``…/message`` and ``…/messages`` are one endpoint.  ``body`` is the parsed
+    JSON as sent (before defaults), serialized with sorted keys, so member
+    order and whitespace do not count and an omitted field differs from its
+    default.
+    """
+    signed = jsonio.canonical([request.endpoint, request.view_args or {}, body])
+    return hashlib.sha256(signed).hexdigest()
+
+
+def once(key, body, act):
+    """Answer with ``act()`` (a view's return value) once per ``key`` and caller.
+
+    ``body`` is the request's parsed JSON body.  Without a key ``act()`` is
+    simply called.
+    """
+    if key is None:
+        return act()
+    scope, signed, now = auth.caller(), fingerprint(body), now_us()
+    with database.transaction():
+        stored = _claim(scope, key, now)
+        if stored is not None:
+            return _replay(stored, signed)
+        response = current_app.make_response(act())
+        if response.status_code == 201:
+            _store(scope, key, signed, response, now)
+    return response
+
+
+def lock_id(scope, key):
+    """Return the 64-bit PostgreSQL advisory lock named by a caller's key."""
+    digest = hashlib.sha256(f"idempotency\0{scope}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _claim(scope, key, now):
+    """Make the key this transaction's; return its stored answer, if it has one."""
+    if isinstance(database.obj, PostgresqlDatabase):
+        lock = "SELECT pg_try_advisory_xact_lock(%s)"
+        if not database.execute_sql(lock, (lock_id(scope, key),)).fetchone()[0]:
+            raise KeyInFlight()
+    rows = _stored.rows(scope=scope, key=key)
+    if not rows:
+        return None
+    if rows[0]["created_at"] < now - _ttl_us():
+        _forget.execute(scope=scope, key=key)  # expired: the key is free again
+        return None
+    return rows[0]
+
+
+def _replay(stored, signed):
+    if stored["fingerprint"] != signed:
+        raise KeyReused(IDEMPOTENCY_KEY)
+    headers = {IDEMPOTENT_REPLAYED: "true"}
+    if stored["location"] is not None:
+        headers["Location"] = stored["location"]
+    if stored["etag"] is not None:
+        headers[ETAG] = stored["etag"]
+    logger.info("Replayed the answer stored for an Idempotency-Key")
+    return current_app.response_class(
+        stored["body"], status=stored["status"], headers=headers, mimetype="application/json"
+    )
+
+
+def _store(scope, key, signed, response, now):
+    _insert.execute(
+        scope=scope,
+        key=key,
+        fingerprint=signed,
+        status=response.status_code,
+        body=response.get_data(as_text=True),
+        location=response.headers.get("Location"),
+        etag=response.headers.get(ETAG),
+        created_at=now,
+    )
+    _purge.execute(before=now - _ttl_us())
+
+
+def _ttl_us():
+    return current_app.config["IDEMPOTENCY_TTL_SECONDS"] * 1_000_000
+
+
+# -- the statements, generated once per database (see prepared.py) -----------
+
+_stored = Prepared(
+    lambda scope, key: IdempotencyKey.select().where(
+        (IdempotencyKey.scope == scope) & (IdempotencyKey.key == key)
+    )
+)
+
+_forget = Prepared(
+    lambda scope, key: IdempotencyKey.delete().where(
+        (IdempotencyKey.scope == scope) & (IdempotencyKey.key == key)
+    )
+)
+
+_insert = Prepared(
+    lambda scope, key, fingerprint, status, body, location, etag, created_at: IdempotencyKey.insert(
+        scope=scope,
+        key=key,
+        fingerprint=fingerprint,
+        status=status,
+        body=body,
+        location=location,
+        etag=etag,
+        created_at=created_at,
+    )
+)
+
+
+def _expired(before):
+    query = (
+        IdempotencyKey.select(IdempotencyKey.scope, IdempotencyKey.key)
+        .where(IdempotencyKey.created_at < before)
+        .order_by(IdempotencyKey.created_at)
+        .limit(PURGE_BATCH)
+    )
+    # Two writers purging at once on PostgreSQL take different rows instead
+    # of waiting on (or deadlocking over) the same ones.
+    return query.for_update(skip_locked=True) if database.for_update else query
+
+
+_purge = Prepared(
+    lambda before: IdempotencyKey.delete().where(
+        Tuple(IdempotencyKey.scope, IdempotencyKey.key).in_(_expired(before))
+    )
+)
