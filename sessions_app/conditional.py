@@ -82,4 +82,4 @@ def check_if_match(tags, version):
 def check_if_none_match(tags, version):
     """Raise ``NotModified`` when ``If-None-Match`` names ``version``: the client has it."""
     if tags is not None and tags.match_weakly(version):
-        raise NotModified(etag(version))
+        raise NotModified({ETAG: etag(version)})

@@ -150,18 +150,8 @@ _forget = Prepared(
     )
 )
 
-_insert = Prepared(
-    lambda scope, key, fingerprint, status, body, location, etag, created_at: IdempotencyKey.insert(
-        scope=scope,
-        key=key,
-        fingerprint=fingerprint,
-        status=status,
-        body=body,
-        location=location,
-        etag=etag,
-        created_at=created_at,
-    )
-)
+# A value left None (no Location, no ETag) is left out: the column is NULL.
+_insert = Prepared(lambda **row: IdempotencyKey.insert(**row))
 
 
 def _expired(before):
