@@ -12,8 +12,7 @@ import threading
 import time
 from urllib.parse import urlparse
 
-import click
-from peewee import DatabaseProxy, OperationalError, PostgresqlDatabase
+from peewee import DatabaseProxy, OperationalError
 from playhouse.db_url import parse as parse_url
 from playhouse.pool import PooledSqliteDatabase
 from playhouse.postgres_ext import PooledPsycopg3Database
@@ -21,9 +20,6 @@ from playhouse.postgres_ext import PooledPsycopg3Database
 logger = logging.getLogger(__name__)
 
 database = DatabaseProxy()
-
-# Any number for pg_advisory_xact_lock, as long as it is the same everywhere.
-_SCHEMA_LOCK_KEY = 0x5E5510
 
 
 def make_database(config):
@@ -171,7 +167,6 @@ def init_app(app):
     database.initialize(make_database(app.config))
     app.before_request(_connect)
     app.teardown_request(_close)
-    app.cli.add_command(init_db_command)
 
 
 def _connect():
@@ -183,27 +178,9 @@ def _close(exc):
         database.close()
 
 
-def init_db():
-    """Create the tables and indexes that are missing; safe to run at any time."""
-    from .models import MODELS
-
-    with database.connection_context(), database.atomic():
-        if isinstance(database.obj, PostgresqlDatabase):
-            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-        database.create_tables(MODELS, safe=True)
-    logger.info("Database ready: %s", describe(database.obj))
-
-
 def describe(db):
     """Name a database for logs without its password."""
     if isinstance(db, PooledSqliteDatabase):
         return f"sqlite {db.database}"
     params = db.connect_params
     return f"postgresql {params.get('host', 'localhost')}:{params.get('port', 5432)}/{db.database}"
-
-
-@click.command("init-db")
-def init_db_command():
-    """Create the database tables if they do not exist."""
-    init_db()
-    click.echo(f"Initialised {describe(database.obj)}.")

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from problems import assert_problem, invalid, problem
 
-from sessions_app import create_app, db, idempotency
+from sessions_app import create_app, db, idempotency, migrations
 from sessions_app.models import IdempotencyKey, Message, Session
 
 BAD_KEY = "Must be 1 to 255 printable ASCII characters, without spaces."
@@ -36,6 +36,16 @@ def create(client, body, key, **headers):
 
 def send(client, session_id, body, key, path="message", **headers):
     return post(client, f"/api/sessions/{session_id}/{path}", body, key, **headers)
+
+
+def fresh_app(database_url, **settings):
+    """An app of its own, with ``settings``, on the test's database, emptied."""
+    app = create_app({"TESTING": True, "DATABASE_URL": database_url, **settings})
+    migrations.upgrade()
+    with db.database.connection_context():
+        for model in (IdempotencyKey, Message, Session):
+            model.delete().execute()
+    return app
 
 
 def stored(model):
@@ -116,11 +126,7 @@ def test_a_replay_after_a_restart(database_url, tmp_path):
         app = create_app({"TESTING": True, "DATABASE_URL": database_url})
         return app.test_client()
 
-    app = create_app({"TESTING": True, "DATABASE_URL": database_url})
-    db.init_db()
-    if database_url.startswith("postgres"):
-        with db.database.connection_context():
-            db.database.execute_sql("TRUNCATE messages, sessions, idempotency_keys")
+    app = fresh_app(database_url)
     try:
         first = create(app.test_client(), {"agent_id": "a"}, "k")
         db.database.close_all()
@@ -222,13 +228,7 @@ def test_the_key_is_ignored_on_other_endpoints(api, client):
 
 @pytest.fixture
 def guarded(database_url):
-    app = create_app(
-        {"TESTING": True, "DATABASE_URL": database_url, "SESSIONS_API_TOKENS": "alice,bob"}
-    )
-    db.init_db()
-    if database_url.startswith("postgres"):
-        with db.database.connection_context():
-            db.database.execute_sql("TRUNCATE messages, sessions, idempotency_keys")
+    app = fresh_app(database_url, SESSIONS_API_TOKENS="alice,bob")
     yield app.test_client()
     db.database.close_all()
 
@@ -278,12 +278,9 @@ def test_storing_a_key_deletes_a_small_batch_of_expired_ones(client):
 
 
 def test_the_ttl_is_a_setting(database_url):
-    app = create_app({"TESTING": True, "DATABASE_URL": database_url, "IDEMPOTENCY_TTL_SECONDS": 60})
-    db.init_db()
+    app = fresh_app(database_url, IDEMPOTENCY_TTL_SECONDS=60)
     try:
         client = app.test_client()
-        with db.database.connection_context():
-            IdempotencyKey.delete().execute()
         assert create(client, {"agent_id": "a"}, "ttl").status_code == 201
         age_keys(61)
         again = create(client, {"agent_id": "b"}, "ttl")
