@@ -21,10 +21,15 @@ IDEMPOTENCY_KEY = "Idempotency-Key"
 IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 
 # RFC 9110: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, where etagc is any
-# visible character but DQUOTE (obs-text too); a list element may be empty.
-_TAG = r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"'
-_LIST = re.compile(rf"[ \t]*(?:,[ \t]*)*{_TAG}(?:[ \t]*,(?:[ \t]*{_TAG})?)*[ \t]*")
+# visible character but DQUOTE, obs-text too; list elements may be empty.
+# The same text is a Python and an ECMA (JSON Schema) pattern, so the API
+# description declares exactly what the service accepts.
+_TAG = r'(W/)?"([!#-~\u0080-\u00ff]*)"'
+TAGS_PATTERN = rf"^[ \t]*(?:\*|(?:,[ \t]*)*{_TAG}(?:[ \t]*,(?:[ \t]*{_TAG})?)*)[ \t]*$"
+_TAGS = re.compile(TAGS_PATTERN)
 _EACH = re.compile(_TAG)
+#: What a session's ETag looks like (a pattern for the API description).
+ETAG_PATTERN = r'^"[1-9][0-9]*"$'
 
 
 def etag(version):
@@ -49,10 +54,10 @@ class Tags:
 
 def parse_tags(value):
     """Parse ``*`` or a comma-separated list of entity tags; ``ValueError`` if neither."""
+    if not _TAGS.fullmatch(value):
+        raise ValueError(value)
     if value.strip(" \t") == "*":
         return Tags(any=True)
-    if not _LIST.fullmatch(value):
-        raise ValueError(value)
     strong, weak = set(), set()
     for is_weak, opaque in _EACH.findall(value):
         (weak if is_weak else strong).add(opaque)

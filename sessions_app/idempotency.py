@@ -38,7 +38,9 @@ from .timefmt import now_us
 
 logger = logging.getLogger(__name__)
 
-KEY = re.compile(r"[\x21-\x7e]{1,255}")
+#: 1 to 255 printable ASCII characters (a Python and a JSON Schema pattern).
+KEY_PATTERN = r"^[!-~]{1,255}$"
+_KEY = re.compile(KEY_PATTERN)
 BAD_KEY = "Must be 1 to 255 printable ASCII characters, without spaces."
 #: Expired keys deleted, at most, each time a key is stored.
 PURGE_BATCH = 10
@@ -47,7 +49,7 @@ PURGE_BATCH = 10
 def load_key():
     """Return the request's ``Idempotency-Key``, None without one; 422 if malformed."""
     key = request.headers.get(IDEMPOTENCY_KEY)
-    if key is not None and not KEY.fullmatch(key):
+    if key is not None and not _KEY.fullmatch(key):
         raise ValidationError({IDEMPOTENCY_KEY: [BAD_KEY]})
     return key
 
