@@ -54,8 +54,8 @@ class InvalidHeader(BadRequest):
 class VersionMismatch(PreconditionFailed):
     def __init__(self, version):
         super().__init__(
-            f"The session is at version {version}; If-Match does not name its tag, "
-            f'"{version}". Read it again and retry.'
+            f'The session is at version {version} (ETag "{version}"), which If-Match '
+            "does not name: read it again and retry."
         )
 
 

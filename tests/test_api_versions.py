@@ -11,8 +11,8 @@ TITLES.setdefault(412, "Precondition Failed")
 def stale(version):
     return problem(
         412,
-        f'The session is at version {version}; If-Match does not name its tag, "{version}". '
-        "Read it again and retry.",
+        f'The session is at version {version} (ETag "{version}"), which If-Match does not '
+        "name: read it again and retry.",
     )
 
 
