@@ -12,17 +12,25 @@ A key still being handled is told apart by the database:
   a transaction-level advisory lock named by the key, without waiting; a
   request that cannot take it is a 409.  The lock is let go at COMMIT, after
   the answer is visible, so the next request with the key finds it.
-- SQLite: writers take turns (``db.WriterQueue``), so a request never sees
-  another's transaction half done: one sent while the first is being handled
-  waits for its turn (at most ``SQLITE_BUSY_TIMEOUT_MS``) and gets the replay.
+- SQLite (the processes of one host): writers take turns (``db.WriterQueue``),
+  so no transaction ever sees another's half done.  A request holds its key
+  from before it queues for the write lock until its transaction ends: in
+  its process, in a set of keys; across processes, as a ``lockf`` lock on
+  one byte of ``<database>.keys-lock`` named by the key (the kernel lets go
+  of it if the process dies).  A request that finds its key held is a 409.
 
 Keys are kept ``IDEMPOTENCY_TTL_SECONDS``; each stored key deletes a few
 expired ones, oldest first, so the table does not grow without bound.
 """
 
+import fcntl
 import hashlib
 import logging
+import os
 import re
+import threading
+import weakref
+from contextlib import contextmanager, nullcontext
 
 from flask import current_app, request
 from marshmallow import ValidationError
@@ -75,7 +83,7 @@ def once(key, body, act):
     if key is None:
         return act()
     scope, signed, now = auth.caller(), fingerprint(body), now_us()
-    with database.transaction():
+    with _held(scope, key), database.transaction():
         stored = _claim(scope, key, now)
         if stored is not None:
             return _replay(stored, signed)
@@ -89,6 +97,65 @@ def lock_id(scope, key):
     """Return the 64-bit PostgreSQL advisory lock named by a caller's key."""
     digest = hashlib.sha256(f"idempotency\0{scope}\0{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _held(scope, key):
+    """Hold the key while the request is handled, on SQLite (see the module's docstring)."""
+    if isinstance(database.obj, PostgresqlDatabase):
+        return nullcontext()  # _claim takes the key's advisory lock
+    if database.obj not in _sqlite_keys:
+        path = database.obj.database
+        in_memory = path == ":memory:" or path.startswith("file::memory:")
+        _sqlite_keys[database.obj] = KeysInFlight(None if in_memory else f"{path}.keys-lock")
+    return _sqlite_keys[database.obj].hold(lock_id(scope, key))
+
+
+class KeysInFlight:
+    """Keys being handled by this host's processes; a second holder gets ``KeyInFlight``.
+
+    Threads of a process see each other's keys in a set; processes see them
+    as ``lockf`` locks on one byte each of ``path`` (at the key's number), a
+    file opened once per process.  POSIX record locks belong to the process,
+    so the set keeps its threads from sharing one.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._keys, self._guard = set(), threading.Lock()
+        self._fd, self._pid = None, None
+
+    @contextmanager
+    def hold(self, number):
+        with self._guard:
+            if number in self._keys:
+                raise KeyInFlight()
+            self._keys.add(number)
+        try:
+            with self._locked(number & (2**62 - 1)):
+                yield
+        finally:
+            with self._guard:
+                self._keys.discard(number)
+
+    @contextmanager
+    def _locked(self, offset):
+        if self.path is None:
+            yield
+            return
+        if self._pid != os.getpid():
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            self._fd, self._pid = os.open(self.path, flags, 0o660), os.getpid()
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError:
+            raise KeyInFlight() from None
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset)
+
+
+_sqlite_keys = weakref.WeakKeyDictionary()  # database -> KeysInFlight
 
 
 def _claim(scope, key, now):

@@ -1,7 +1,10 @@
 """Contract section 5: Idempotency-Key on create and on message."""
 
 import json
+import subprocess
+import sys
 import threading
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -292,24 +295,53 @@ def test_the_ttl_is_a_setting(database_url):
 # -- a key in flight -----------------------------------------------------------
 
 
+@contextmanager
+def key_held_elsewhere(database_url, key):
+    """Hold ``key`` as a request in another process would, until the block ends."""
+    number = idempotency.lock_id("", key)
+    if database_url.startswith("postgres"):
+        with psycopg.connect(database_url) as other:
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (number,))
+            yield
+            other.rollback()
+        return
+    path = database_url.removeprefix("sqlite:///") + ".keys-lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_BYTE, path, str(number & (2**62 - 1))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate("")
+
+
+HOLD_BYTE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]))
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
 def test_a_key_in_flight_is_409_then_free(api, client, database_url):
-    """On PostgreSQL a request holds its key's advisory lock until it commits."""
-    if not database_url.startswith("postgres"):
-        pytest.skip("SQLite: see test_same_key_at_once_on_sqlite_waits_and_replays")
-    with psycopg.connect(database_url) as other:
-        other.execute("SELECT pg_advisory_xact_lock(%s)", (idempotency.lock_id("", "k"),))
+    """A request whose key another process holds is a 409; once let go, it is handled."""
+    with key_held_elsewhere(database_url, "k"):
         assert_problem(create(client, {"agent_id": "a"}, "k"), IN_FLIGHT)
         session_id = api.create()["id"]
         assert_problem(send(client, session_id, {"content": "x"}, "k"), IN_FLIGHT)
-        other.rollback()
+        assert create(client, {"agent_id": "a"}, "other-key").status_code == 201
     assert create(client, {"agent_id": "a"}, "k").status_code == 201
-    assert stored(Session) == 2
+    assert stored(Session) == 3
+    assert stored(Message) == 0
 
 
-def test_same_key_at_once_on_sqlite_waits_and_replays(app, database_url):
-    """SQLite writers take turns: a request whose key is in flight waits, then replays."""
-    if not database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL: see test_a_key_in_flight_is_409_then_free")
+def test_the_same_key_from_many_threads_is_one_write(app):
+    """Threads of one process: one 201 made the session; the rest replay it or get 409."""
     answers, start = [], threading.Barrier(8)
 
     def client_thread():
@@ -323,7 +355,11 @@ def test_same_key_at_once_on_sqlite_waits_and_replays(app, database_url):
         thread.start()
     for thread in threads:
         thread.join()
-    assert {a.status_code for a in answers} == {201}
-    assert len({a.get_data() for a in answers}) == 1
-    assert sum("Idempotent-Replayed" not in a.headers for a in answers) == 1
+    statuses = {a.status_code for a in answers}
+    assert statuses <= {201, 409}
+    created = [a for a in answers if a.status_code == 201]
+    assert len({a.get_data() for a in created}) == 1
+    assert sum("Idempotent-Replayed" not in a.headers for a in created) == 1
+    for conflict in (a for a in answers if a.status_code == 409):
+        assert_problem(conflict, IN_FLIGHT)
     assert stored(Session) == 1
