@@ -94,7 +94,7 @@ def once(key, body, act):
 
 
 def lock_id(scope, key):
-    """Return the 64-bit PostgreSQL advisory lock named by a caller's key."""
+    """Return the 64-bit number naming a caller's key (its advisory lock, its locked byte)."""
     digest = hashlib.sha256(f"idempotency\0{scope}\0{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
@@ -103,11 +103,13 @@ def _held(scope, key):
     """Hold the key while the request is handled, on SQLite (see the module's docstring)."""
     if isinstance(database.obj, PostgresqlDatabase):
         return nullcontext()  # _claim takes the key's advisory lock
-    if database.obj not in _sqlite_keys:
-        path = database.obj.database
-        in_memory = path == ":memory:" or path.startswith("file::memory:")
-        _sqlite_keys[database.obj] = KeysInFlight(None if in_memory else f"{path}.keys-lock")
-    return _sqlite_keys[database.obj].hold(lock_id(scope, key))
+    with _sqlite_keys_guard:  # one KeysInFlight per database, whichever thread comes first
+        if database.obj not in _sqlite_keys:
+            path = database.obj.database
+            in_memory = path == ":memory:" or path.startswith("file::memory:")
+            _sqlite_keys[database.obj] = KeysInFlight(None if in_memory else f"{path}.keys-lock")
+        keys = _sqlite_keys[database.obj]
+    return keys.hold(lock_id(scope, key))
 
 
 class KeysInFlight:
@@ -156,6 +158,7 @@ class KeysInFlight:
 
 
 _sqlite_keys = weakref.WeakKeyDictionary()  # database -> KeysInFlight
+_sqlite_keys_guard = threading.Lock()
 
 
 def _claim(scope, key, now):
