@@ -1,11 +1,10 @@
 """Contract section 6: version, ETag, If-None-Match (304), If-Match (412), malformed tags (400)."""
 
 import pytest
-from problems import TITLES, assert_problem, invalid, problem
+from problems import assert_problem, invalid, problem
 
 UNKNOWN = "session-0000000000000000000000000000"
 MALFORMED = ["", '"1 "', "1", '"1', "W/1", '"1" "2"', ",", '*, "1"']
-TITLES.setdefault(412, "Precondition Failed")
 
 
 def stale(version):
