@@ -50,8 +50,11 @@ logger = logging.getLogger(__name__)
 KEY_PATTERN = r"^[!-~]{1,255}$"
 _KEY = re.compile(KEY_PATTERN)
 BAD_KEY = "Must be 1 to 255 printable ASCII characters, without spaces."
-#: Expired keys deleted, at most, each time a key is stored.
-PURGE_BATCH = 10
+#: One stored key in PURGE_EVERY (chosen by the key's number) deletes up to
+#: PURGE_BATCH expired keys, oldest first: several times the keys stored
+#: meanwhile, at one statement in eight stores instead of one in each.
+PURGE_EVERY = 8
+PURGE_BATCH = 100
 
 
 def load_key():
@@ -201,7 +204,8 @@ def _store(scope, key, signed, response, now):
         etag=response.headers.get(ETAG),
         created_at=now,
     )
-    _purge.execute(before=now - _ttl_us())
+    if lock_id(scope, key) % PURGE_EVERY == 0:
+        _purge.execute(before=now - _ttl_us())
 
 
 def _ttl_us():

@@ -114,6 +114,14 @@ class Session(BaseModel):
         return rows[0]
 
     @classmethod
+    def version_of(cls, session_id):
+        """Return the session's version, or raise ``SessionNotFound``; reads nothing else."""
+        rows = _version_by_id.execute(session_id=session_id).fetchall()
+        if not rows:
+            raise SessionNotFound(session_id)
+        return rows[0][0]
+
+    @classmethod
     def page(cls, limit, cursor=None, agent_id=None, task_id=None, status=None):
         """Return up to ``limit + 1`` summaries, newest first, after ``cursor``."""
         if not status or len(status) == 1:
@@ -280,6 +288,11 @@ def _refuse_message(session_id):
 _session_by_id = Prepared(
     lambda session_id: Session.select().where(Session.id == session_id),
     convert={"data": Session.data.python_value},
+)
+
+
+_version_by_id = Prepared(
+    lambda session_id: Session.select(Session.version).where(Session.id == session_id)
 )
 
 

@@ -69,9 +69,10 @@ def _created(session):
 def get_session(session_id):
     load_query(no_query_schema)
     if_none_match = request_tags(IF_NONE_MATCH)
-    session = Session.fetch(session_id)
-    check_if_none_match(if_none_match, session["version"])
-    return _dump_with_tag(session)
+    if if_none_match is not None:
+        # The version alone decides a 304: no data read, parsed or dumped.
+        check_if_none_match(if_none_match, Session.version_of(session_id))
+    return _dump_with_tag(Session.fetch(session_id))
 
 
 @bp.patch("/sessions/<session_id:session_id>")

@@ -269,15 +269,31 @@ def test_an_expired_key_is_forgotten(api, client):
     assert len(api.list()["sessions"]) == 2
 
 
-def test_storing_a_key_deletes_a_small_batch_of_expired_ones(client):
-    for n in range(idempotency.PURGE_BATCH + 5):
+def keys_that(purge, count):
+    """Return ``count`` keys whose storing does (or does not) delete expired keys."""
+    candidates = (f"new-{n}" for n in range(10_000))
+    chosen = (
+        k
+        for k in candidates
+        if (idempotency.lock_id("", k) % idempotency.PURGE_EVERY == 0) == purge
+    )
+    return [next(chosen) for _ in range(count)]
+
+
+def test_storing_a_key_deletes_a_batch_of_expired_ones_now_and_then(client):
+    batch = idempotency.PURGE_BATCH
+    for n in range(batch + 5):
         assert create(client, {"agent_id": "a"}, f"old-{n}").status_code == 201
     age_keys(86_401)
-    create(client, {"agent_id": "a"}, "new-1")
-    assert stored(IdempotencyKey) == 1 + 5
-    create(client, {"agent_id": "a"}, "new-2")
-    assert stored(IdempotencyKey) == 2
-    assert stored(Session) == idempotency.PURGE_BATCH + 7
+    (quiet,) = keys_that(purge=False, count=1)
+    first, second = keys_that(purge=True, count=2)
+    create(client, {"agent_id": "a"}, quiet)
+    assert stored(IdempotencyKey) == batch + 5 + 1
+    create(client, {"agent_id": "a"}, first)
+    assert stored(IdempotencyKey) == 5 + 2
+    create(client, {"agent_id": "a"}, second)
+    assert stored(IdempotencyKey) == 3
+    assert stored(Session) == batch + 5 + 3
 
 
 def test_the_ttl_is_a_setting(database_url):
