@@ -8,6 +8,7 @@ them (``leave_open``): the API's description, which a browser opening the
 docs could not send a token for.
 """
 
+import hashlib
 import hmac
 
 from flask import current_app, request
@@ -94,6 +95,18 @@ def _check():
     if may_read:
         raise ReadOnlyToken()
     raise TokenRequired(invalid=True)
+
+
+def caller():
+    """Name the caller, for keeping each token's idempotency keys apart.
+
+    ``""`` when no token is configured; else a hash of the request's bearer
+    token (checked already), so that no token is stored anywhere.
+    """
+    if "sessions_app.tokens" not in current_app.extensions:
+        return ""
+    token = _bearer(request.headers.get("Authorization", "")) or b""
+    return hashlib.sha256(b"sessions_app caller\0" + token).hexdigest()[:32]
 
 
 def init_app(app):

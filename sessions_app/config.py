@@ -28,6 +28,7 @@ SETTINGS = {
     "GUNICORN_THREADS": (2, int),
     # Unset: no session expires (see retention.py).
     "SESSION_RETENTION_SECONDS": (None, int),
+    "IDEMPOTENCY_TTL_SECONDS": (86_400, int),
 }
 
 LOG_FORMATS = ("json", "text")
@@ -60,6 +61,7 @@ def load(mapping=None, environ=None):
         "DATABASE_POOL_SIZE",
         "MAX_BODY_BYTES",
         "SQLITE_BUSY_TIMEOUT_MS",
+        "IDEMPOTENCY_TTL_SECONDS",
     ):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1, not {config[name]}")

@@ -1,4 +1,10 @@
-"""Sessions and their messages, and the writes that own their transactions."""
+"""Sessions and their messages, and the writes that own their transactions.
+
+A create and a message write with ``database.transaction()``: sent with an
+``Idempotency-Key`` they run inside the transaction that stores their answer
+(``idempotency.py``), and join it rather than open a savepoint.  Every change
+of a session raises its ``version`` in the statement that makes the change.
+"""
 
 import json
 import logging
@@ -20,6 +26,7 @@ from peewee import (
 )
 
 from . import jsonio, metrics
+from .conditional import check_if_match
 from .db import connected, database
 from .errors import SessionNotFound, StatusConflict
 from .ids import first_session_id, last_session_id, new_message_id, new_session_id
@@ -72,6 +79,8 @@ class Session(BaseModel):
     last_active = BigIntegerField()
     status_changed_at = BigIntegerField()
     message_count = IntegerField()
+    # DEFAULT 1 in the table too: rows that predate versions are at version 1.
+    version = IntegerField(default=1, constraints=[SQL("DEFAULT 1")])
 
     class Meta:
         table_name = "sessions"
@@ -102,11 +111,12 @@ class Session(BaseModel):
             "last_active": now,
             "status_changed_at": now,
             "message_count": 0,
+            "version": 1,
         }
         # Writers take turns (db.WriterQueue), so the SQL is made before the
         # transaction: every writer queued behind this one would wait for it.
         sql, params = cls.insert(row).sql()
-        with database.atomic():
+        with database.transaction():
             database.execute_sql(sql, params)
         logger.info("Created session %s for agent %s", row["id"], agent_id)
         return row
@@ -119,6 +129,15 @@ class Session(BaseModel):
         if not rows:
             raise SessionNotFound(session_id)
         return rows[0]
+
+    @classmethod
+    @connected()
+    def version_of(cls, session_id):
+        """Return the session's version, or raise ``SessionNotFound``; reads nothing else."""
+        rows = _version_by_id.execute(session_id=session_id).fetchall()
+        if not rows:
+            raise SessionNotFound(session_id)
+        return rows[0][0]
 
     @classmethod
     @connected()
@@ -170,12 +189,14 @@ class Session(BaseModel):
 
     @classmethod
     @connected()
-    def change(cls, session_id, patch):
+    def change(cls, session_id, patch, if_match=None):
         """Apply a validated PATCH body and return the session after it.
 
-        The row is locked while the new values are worked out, so concurrent
-        PATCHes of one session apply one after the other.  Only a change of a
-        stored value moves ``last_active``.
+        The row is locked while ``if_match`` (the ``If-Match`` tags, or None)
+        is checked and the new values are worked out, so concurrent PATCHes
+        of one session apply one after the other and of two sent with the
+        same ``If-Match`` only the first matches.  Only a change of a stored
+        value moves ``last_active`` and ``version``.
         """
         with database.atomic():
             query = cls.select().where(cls.id == session_id)
@@ -184,22 +205,36 @@ class Session(BaseModel):
             row = query.dicts().first()
             if row is None:
                 raise SessionNotFound(session_id)
+            check_if_match(if_match, row["version"])
             changes = _changes(row, patch)
             if changes:
                 changes["last_active"] = now_us()
                 if "status" in changes:
                     changes["status_changed_at"] = changes["last_active"]
-                cls.update(changes).where(cls.id == session_id).execute()
-                row.update(changes)
+                query = cls.update({**changes, cls.version: cls.version + 1})
+                versions = query.where(cls.id == session_id).returning(cls.version).tuples()
+                row.update(changes, version=versions.execute()[0][0])
         if changes:
             logger.info("Updated session %s: %s", session_id, ", ".join(sorted(changes)))
         return row
 
     @classmethod
     @connected()
-    def remove(cls, session_id):
-        """Delete the session and its messages, or raise ``SessionNotFound``."""
+    def remove(cls, session_id, if_match=None):
+        """Delete the session and its messages, or raise ``SessionNotFound``.
+
+        With ``if_match`` (the ``If-Match`` tags) the row is locked and its
+        version checked first, in the same transaction.
+        """
         with database.atomic():
+            if if_match is not None:
+                query = cls.select(cls.version).where(cls.id == session_id)
+                if database.for_update:
+                    query = query.for_update()
+                version = query.scalar()
+                if version is None:
+                    raise SessionNotFound(session_id)
+                check_if_match(if_match, version)
             query = cls.delete().where(cls.id == session_id).returning(cls.message_count)
             deleted = list(query.tuples().execute())
         if not deleted:
@@ -249,7 +284,7 @@ class Message(BaseModel):
     @connected()
     def send(cls, session_id, content, role):
         """Store a message and count it on its session, in one transaction."""
-        with database.atomic():
+        with database.transaction():
             now = now_us()
             counted = _count_message.execute(session_id=session_id, now=now).fetchall()
             if not counted:
@@ -306,6 +341,11 @@ _SUMMARY_FIELDS = (
     Session.last_active,
     Session.status_changed_at,
     Session.message_count,
+)
+
+
+_version_by_id = Prepared(
+    lambda session_id: Session.select(Session.version).where(Session.id == session_id)
 )
 
 
@@ -386,6 +426,7 @@ _count_message = Prepared(
     lambda session_id, now: (
         Session.update(
             message_count=Session.message_count + 1,
+            version=Session.version + 1,
             last_active=now,
             status=Case(None, [(Session.status == CREATED, ACTIVE)], Session.status),
             status_changed_at=Case(
@@ -429,4 +470,27 @@ def _message_page_query(order, session_id, limit, cursor=None):
 
 _message_pages = {order: Prepared(partial(_message_page_query, order)) for order in ORDERS}
 
-MODELS = (Session, Message)
+
+class IdempotencyKey(BaseModel):
+    """The answer given to a request sent with an ``Idempotency-Key`` (idempotency.py).
+
+    Keyed by the caller (a hash of its token, "" without tokens) and the key;
+    ``created_at`` is indexed so that expired keys are found oldest first.
+    No foreign key: the answer outlives the session it created.
+    """
+
+    scope = CharField(max_length=32)
+    key = CharField(max_length=255)
+    fingerprint = CharField(max_length=64)
+    status = IntegerField()
+    body = TextField()
+    location = TextField(null=True)
+    etag = CharField(max_length=32, null=True)
+    created_at = BigIntegerField(index=True)
+
+    class Meta:
+        table_name = "idempotency_keys"
+        primary_key = CompositeKey("scope", "key")
+
+
+MODELS = (Session, Message, IdempotencyKey)

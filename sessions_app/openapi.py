@@ -16,7 +16,7 @@ from flask import Blueprint, current_app
 from flask_swagger_ui import get_swaggerui_blueprint
 from marshmallow import fields as ma_fields
 
-from . import auth, jsonio, schemas
+from . import auth, conditional, idempotency, jsonio, schemas
 from .fields import (
     MAX_JSON_DEPTH,
     CommaList,
@@ -47,6 +47,17 @@ contain NUL (U+0000) or unpaired surrogates. `data` may nest at most
 
 An unknown query parameter is a 422 on every `/api` endpoint. A method that a
 path does not support is a 405 with an `Allow` header listing those it does.
+
+**Safe retries.** A create or a message sent with an `Idempotency-Key` header
+happens once: sent again with the same key and the same body, it gets the
+first answer again (with `Idempotent-Replayed: true`) and changes nothing. The
+same key with another body is a 422; while the first request with a key is
+still being handled, another is a 409. Keys are kept at least a day.
+
+**Versions.** A session's `version` goes up by one with every change; its
+`ETag` is the version in quotes. `GET` with `If-None-Match` naming it is a 304;
+`PATCH` or `DELETE` with an `If-Match` that does not name it is a 412 and
+changes nothing.
 """
 
 # -- what each route does ---------------------------------------------------
@@ -67,6 +78,10 @@ class Operation:
     tag: str = "sessions"
     links: dict = field(default_factory=dict)
     media_type: str = "application/json"
+    #: Header parameters it reads, by their names in ``HEADER_PARAMETERS``.
+    headers: tuple = ()
+    #: Its success answers with the session's ``ETag``.
+    tagged: bool = False
 
 
 _SESSION_LINKS = {
@@ -86,6 +101,7 @@ SEND_MESSAGE = Operation(
     schemas.MessageReceiptSchema,
     body=schemas.MessageCreateSchema,
     errors=(400, 404, 409, 413, 415, 422, 503),
+    headers=("IdempotencyKey",),
 )
 
 OPERATIONS = {
@@ -119,16 +135,21 @@ OPERATIONS = {
         201,
         schemas.SessionSchema,
         body=schemas.SessionCreateSchema,
-        errors=(400, 413, 415, 422, 503),
+        errors=(400, 409, 413, 415, 422, 503),
         links=_SESSION_LINKS,
+        headers=("IdempotencyKey",),
+        tagged=True,
     ),
     ("GET", "/api/sessions/{session_id}"): Operation(
         "get_session",
         "Get a session",
-        "Returns the session with its prompt, data and message count.",
+        "Returns the session with its prompt, data and message count; 304 without a "
+        "body when `If-None-Match` names its current tag.",
         200,
         schemas.SessionSchema,
-        errors=(400, 404, 422, 503),
+        errors=(304, 400, 404, 422, 503),
+        headers=("IfNoneMatch",),
+        tagged=True,
     ),
     ("PATCH", "/api/sessions/{session_id}"): Operation(
         "update_session",
@@ -136,18 +157,23 @@ OPERATIONS = {
         "`data` is merged as a JSON Merge Patch (RFC 7396): a key set to null is "
         "removed. The status may move from created to any other, between active "
         "and paused, and to completed or failed; completed and failed are final "
-        "(409). An empty object changes nothing.",
+        "(409). An empty object changes nothing. With `If-Match`, only if it names "
+        "the current tag (else 412).",
         200,
         schemas.SessionSchema,
         body=schemas.SessionUpdateSchema,
-        errors=(400, 404, 409, 413, 415, 422, 503),
+        errors=(400, 404, 409, 412, 413, 415, 422, 503),
+        headers=("IfMatch",),
+        tagged=True,
     ),
     ("DELETE", "/api/sessions/{session_id}"): Operation(
         "delete_session",
         "Delete a session and its messages",
-        "A second delete of the same session is a 404.",
+        "A second delete of the same session is a 404. With `If-Match`, only if it "
+        "names the current tag (else 412).",
         204,
-        errors=(400, 404, 422, 503),
+        errors=(400, 404, 412, 422, 503),
+        headers=("IfMatch",),
     ),
     ("POST", "/api/sessions/{session_id}/message"): SEND_MESSAGE,
     ("POST", "/api/sessions/{session_id}/messages"): replace(
@@ -219,19 +245,43 @@ OUT_SCHEMAS = {
 # -- error responses --------------------------------------------------------
 
 ERRORS = {
-    400: ("BadRequest", "The body is not a JSON object, or the query string is not UTF-8."),
+    304: ("NotModified", "`If-None-Match` names the current tag: the client's copy is current."),
+    400: (
+        "BadRequest",
+        "The body is not a JSON object, the query string is not UTF-8, or `If-Match` / "
+        "`If-None-Match` is malformed.",
+    ),
     401: ("Unauthorized", "No bearer token was sent, or it is not one the service knows."),
     403: ("Forbidden", "The token may only read; it cannot change anything."),
     404: ("NotFound", "No session has this id."),
     405: ("MethodNotAllowed", "The path does not take this method; `Allow` lists those it does."),
-    409: ("Conflict", "The session's status forbids this; `detail` names the current status."),
+    409: (
+        "Conflict",
+        "The session's status forbids this (`detail` names it), or a request with this "
+        "`Idempotency-Key` is still being handled.",
+    ),
+    412: (
+        "PreconditionFailed",
+        "`If-Match` does not name the session's current tag; `detail` gives its version.",
+    ),
     413: ("ContentTooLarge", "The body is larger than the service accepts (1 MiB by default)."),
     415: ("UnsupportedMediaType", "The body was not sent as `application/json`."),
-    422: ("UnprocessableContent", "Invalid or unknown fields or parameters; `errors` names each."),
+    422: (
+        "UnprocessableContent",
+        "Invalid or unknown fields or parameters, or an `Idempotency-Key` that is malformed "
+        "or was used for a different request; `errors` names each.",
+    ),
     503: ("ServiceUnavailable", "The database cannot be reached; retry after Retry-After seconds."),
 }
 
+_ETAG = {
+    "description": "The session's version, in quotes: a strong entity tag.",
+    "required": True,
+    "schema": {"type": "string", "pattern": conditional.ETAG_PATTERN},
+}
+
 _HEADERS = {
+    304: {conditional.ETAG: _ETAG},
     401: {
         "WWW-Authenticate": {
             "description": "The scheme to use: Bearer.",
@@ -246,6 +296,38 @@ _HEADERS = {
             "schema": {"type": "integer", "minimum": 0},
         }
     },
+}
+
+#: The request headers of contract sections 5 and 6, as OpenAPI parameters.
+HEADER_PARAMETERS = {
+    "IdempotencyKey": {
+        "name": conditional.IDEMPOTENCY_KEY,
+        "description": "Makes a retry of this request safe: sent again with the same key and "
+        "body, it gets the first answer and changes nothing. Kept at least "
+        "IDEMPOTENCY_TTL_SECONDS (a day by default).",
+        "schema": {"type": "string", "pattern": idempotency.KEY_PATTERN},
+        "example": "create-order-42-attempt",
+    },
+    "IfMatch": {
+        "name": conditional.IF_MATCH,
+        "description": 'Only if the session\'s tag is one of these (e.g. "3"; * for any): '
+        "else 412. Weak tags never match.",
+        "schema": {"type": "string", "pattern": conditional.TAGS_PATTERN},
+        "example": '"1"',
+    },
+    "IfNoneMatch": {
+        "name": conditional.IF_NONE_MATCH,
+        "description": 'A 304 without a body if the session\'s tag is one of these (e.g. "3", '
+        'W/"3"; * for any).',
+        "schema": {"type": "string", "pattern": conditional.TAGS_PATTERN},
+        "example": '"1"',
+    },
+}
+
+_REPLAYED = {
+    "description": "`true` when this is the stored answer to an earlier request with the "
+    "same `Idempotency-Key`.",
+    "schema": {"type": "string", "enum": ["true"]},
 }
 
 # -- custom fields as JSON Schema ------------------------------------------
@@ -354,12 +436,13 @@ def _add_components(spec):
             "schema": {"type": "string", "pattern": f"^{SESSION_ID_PATTERN}$"},
         },
     )
+    for name, parameter in HEADER_PARAMETERS.items():
+        spec.components.parameter(name, "header", parameter)
     for status, (name, description) in ERRORS.items():
         problem = "ValidationProblem" if status == 422 else "Problem"
-        response = {
-            "description": description,
-            "content": {"application/problem+json": {"schema": problem}},
-        }
+        response = {"description": description}
+        if status != 304:
+            response["content"] = {"application/problem+json": {"schema": problem}}
         if status in _HEADERS:
             response["headers"] = _HEADERS[status]
         spec.components.response(name, response)
@@ -372,13 +455,16 @@ def _operation(op):
     elif op.status != 204:
         kind = "object" if op.media_type == "application/json" else "string"
         success["content"] = {op.media_type: {"schema": {"type": kind}}}
+    headers = {}
+    if op.tagged:
+        headers[conditional.ETAG] = _ETAG
+    if "IdempotencyKey" in op.headers:
+        headers[conditional.IDEMPOTENT_REPLAYED] = _REPLAYED
     if op.links:
-        success["headers"] = {
-            "Location": {
-                "description": "The new session's URL.",
-                "required": True,
-                "schema": {"type": "string"},
-            }
+        headers["Location"] = {
+            "description": "The new session's URL.",
+            "required": True,
+            "schema": {"type": "string"},
         }
         success["links"] = {
             name: {
@@ -387,6 +473,8 @@ def _operation(op):
             }
             for name, target in op.links.items()
         }
+    if headers:
+        success["headers"] = headers
     responses = {str(op.status): success}
     responses.update({str(status): ERRORS[status][0] for status in op.errors})
     result = {
@@ -396,8 +484,10 @@ def _operation(op):
         "tags": [op.tag],
         "responses": responses,
     }
-    if op.query is not None:
-        result["parameters"] = [{"in": "query", "schema": op.query}]
+    parameters = [{"in": "query", "schema": op.query}] if op.query is not None else []
+    parameters += list(op.headers)  # names of components: apispec makes them $refs
+    if parameters:
+        result["parameters"] = parameters
     if op.body is not None:
         result["requestBody"] = {
             "required": True,

@@ -152,6 +152,13 @@ class SessionSummarySchema(Schema):
 class SessionSchema(SessionSummarySchema):
     prompt = fields.String(allow_none=True)
     data = fields.Dict()
+    version = fields.Integer(
+        validate=validate.Range(min=1),
+        metadata={
+            "description": "1 at creation, raised by one by every change; the ETag is this "
+            'number in quotes ("3").'
+        },
+    )
 
 
 class SessionListSchema(Schema):

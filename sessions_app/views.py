@@ -5,10 +5,19 @@ from functools import partial
 from flask import Blueprint, current_app, url_for
 from werkzeug.routing import BaseConverter
 
+from . import idempotency
+from .conditional import (
+    ETAG,
+    IF_MATCH,
+    IF_NONE_MATCH,
+    check_if_none_match,
+    etag,
+    request_tags,
+)
 from .ids import SESSION_ID_PATTERN
 from .models import Message, Session
 from .paging import cut_page, session_cursor
-from .parsing import load_json, load_query
+from .parsing import load_json, load_query, read_json
 from .schemas import (
     dump_message_list,
     dump_message_receipt,
@@ -56,28 +65,39 @@ def count_sessions():
 @bp.post("/sessions")
 def create_session():
     load_query(no_query_schema)
-    session = Session.open(**load_json(session_create_schema))
+    key = idempotency.load_key()
+    body = read_json()
+    fields = session_create_schema.load(body)
+    return idempotency.once(key, body, lambda: _created(Session.open(**fields)))
+
+
+def _created(session):
     location = url_for(".get_session", session_id=session["id"])
-    return dump_session(session), 201, {"Location": location}
+    return _dump_with_tag(session, 201, Location=location)
 
 
 @bp.get("/sessions/<session_id:session_id>")
 def get_session(session_id):
     load_query(no_query_schema)
-    return dump_session(Session.fetch(session_id))
+    if_none_match = request_tags(IF_NONE_MATCH)
+    if if_none_match is not None:
+        # The version alone decides a 304: no data read, parsed or dumped.
+        check_if_none_match(if_none_match, Session.version_of(session_id))
+    return _dump_with_tag(Session.fetch(session_id))
 
 
 @bp.patch("/sessions/<session_id:session_id>")
 def update_session(session_id):
     load_query(no_query_schema)
+    if_match = request_tags(IF_MATCH)
     patch = load_json(session_update_schema)
-    return dump_session(Session.change(session_id, patch))
+    return _dump_with_tag(Session.change(session_id, patch, if_match))
 
 
 @bp.delete("/sessions/<session_id:session_id>")
 def delete_session(session_id):
     load_query(no_query_schema)
-    Session.remove(session_id)
+    Session.remove(session_id, request_tags(IF_MATCH))
     return _no_content()
 
 
@@ -85,8 +105,19 @@ def delete_session(session_id):
 @bp.post("/sessions/<session_id:session_id>/messages")
 def send_message(session_id):
     load_query(no_query_schema)
-    message = Message.send(session_id, **load_json(message_create_schema))
+    key = idempotency.load_key()
+    body = read_json()
+    fields = message_create_schema.load(body)
+    return idempotency.once(key, body, lambda: _sent(Message.send(session_id, **fields)))
+
+
+def _sent(message):
     return dump_message_receipt(message), 201
+
+
+def _dump_with_tag(session, status=200, **headers):
+    """Dump a full session with its ETag."""
+    return dump_session(session), status, {ETAG: etag(session["version"]), **headers}
 
 
 def _no_content():

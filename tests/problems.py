@@ -8,6 +8,7 @@ TITLES = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    412: "Precondition Failed",
     413: "Request Entity Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Entity",
@@ -43,7 +44,7 @@ SEED_SUMMARY_KEYS = {
 }
 # Section 8 adds status_changed_at to both forms.
 SUMMARY_KEYS = SEED_SUMMARY_KEYS | {"status_changed_at"}
-FULL_KEYS = SUMMARY_KEYS | {"prompt", "data"}
+FULL_KEYS = SUMMARY_KEYS | {"prompt", "data", "version"}
 MESSAGE_KEYS = {"message_id", "session_id", "role", "content", "status", "timestamp"}
 RECEIPT_KEYS = {"message_id", "session_id", "status", "timestamp"}
 # Words that only a leaked stack trace, SQL statement or server path would show.

@@ -362,3 +362,29 @@ def test_the_prune_unit_deletes_expired_sessions_of_the_deployed_service(deploye
     metrics = call(deployed, "GET", "/metrics", 200).text
     assert 'sessions_pruned_total{what="sessions"} 1.0' in metrics
     assert 'sessions_prune_runs_total{outcome="ok"} 1.0' in metrics
+
+
+def test_keyed_posts_pass_through_nginx_and_replay(deployed):
+    """A POST with an Idempotency-Key takes nginx's retry-safe route, body and headers intact."""
+    url = deployed["http"]
+    headers = {**AUTH, "Idempotency-Key": "through-nginx"}
+    body = {"agent_id": "nginx", "data": {"n": 1}}
+    first = requests.post(f"{url}/api/sessions", json=body, headers=headers, timeout=10)
+    again = requests.post(f"{url}/api/sessions", json=body, headers=headers, timeout=10)
+    assert first.status_code == again.status_code == 201, first.text
+    assert first.json()["data"] == {"n": 1}
+    assert again.content == first.content
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Location"] == first.headers["Location"]
+    message_url = f"{url}{first.headers['Location']}/message"
+    sent = requests.post(
+        message_url, json={"content": "x"}, headers=headers | {"Idempotency-Key": "m"}, timeout=10
+    )
+    assert sent.status_code == 201, sent.text
+    unkeyed = requests.post(f"{url}/api/sessions", json=body, headers=AUTH, timeout=10)
+    assert unkeyed.status_code == 201 and unkeyed.json()["id"] != first.json()["id"]
+    # The internal route is not a path of the service's own.
+    assert (
+        requests.post(f"{url}/_keyed/api/sessions", json=body, headers=AUTH, timeout=10).status_code
+        == 404
+    )
