@@ -2,8 +2,8 @@
 --
 --   wrk ... -s requests.lua <url> -- <requests file> <send window in seconds>
 --
--- Each line of the requests file is "METHOD PATH" or "METHOD PATH<TAB>BODY"
--- (a JSON body).  After the send window a connection sends nothing more, so
+-- Each line of the requests file is "METHOD PATH", "METHOD PATH<TAB>BODY"
+-- (a JSON body, or nothing), then any number of "<TAB>Name: value" headers.  After the send window a connection sends nothing more, so
 -- every request sent gets its answer before wrk stops (run wrk for longer than
 -- the window): the counts of 201s are then exact, not short of the requests
 -- that were in flight when wrk stopped.
@@ -32,12 +32,22 @@ function init(args)
   local window = tonumber(args[2])
   prepared, count, index = {}, 0, 0
   for line in io.lines(args[1]) do
-    local head, body = line:match("^([^\t]*)\t(.*)$")
-    head = head or line
-    local method, path = head:match("^(%S+)%s+(%S+)$")
+    local fields = {}
+    for field in (line .. "\t"):gmatch("([^\t]*)\t") do
+      table.insert(fields, field)
+    end
+    local method, path = fields[1]:match("^(%S+)%s+(%S+)$")
+    local body = fields[2]
+    if body == "" then
+      body = nil
+    end
     local headers = {}
     if body then
       headers["Content-Type"] = "application/json"
+    end
+    for n = 3, #fields do
+      local name, value = fields[n]:match("^([^:]+):%s*(.*)$")
+      headers[name] = value
     end
     count = count + 1
     prepared[count] = wrk.format(method, path, headers, body)

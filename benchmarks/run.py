@@ -36,7 +36,12 @@ DRAIN = 3  # seconds wrk runs after the send window, so every answer arrives
 AGENTS = [f"agent-{n}" for n in range(5)]
 MESSAGE_AGENT = "bench-message"
 CREATE_AGENT = "bench-create"
+CREATE_KEY_AGENT = "bench-create-key"
 CONNECTIONS = 16
+#: Lines of a keyed scenario, each with a key of its own: more than one run sends.
+KEYED_LINES = 30_000
+#: Scenario -> the scenario it is compared with, in the same round, on the service.
+PAIRS = {"create_key": "create", "message_key": "message", "get_304": "get"}
 
 
 def settings():
@@ -78,7 +83,11 @@ def wrk(url, lines, window, connections, workdir):
     figures = json.loads(line.removeprefix("BENCH "))
     figures["rps"] = figures["received"] / figures["elapsed"] if figures["elapsed"] else 0.0
     figures["failed"] = (
-        sum(n for status, n in figures["statuses"].items() if not status.startswith("2"))
+        sum(
+            n
+            for status, n in figures["statuses"].items()
+            if not (status.startswith("2") or status == "304")
+        )
         + sum(figures["socket_errors"].values())
         + figures["sent"]
         - figures["received"]
@@ -94,6 +103,7 @@ def summarize(runs):
         "p99_ms": statistics.median(r["p99_us"] for r in runs) / 1000,
         "failed": sum(r["failed"] for r in runs),
         "created": sum(r["statuses"].get("201", 0) for r in runs),
+        "not_modified": sum(r["statuses"].get("304", 0) for r in runs),
         "rounds": [
             {k: r[k] for k in ("rps", "p50_us", "p99_us", "statuses", "failed")} for r in runs
         ],
@@ -198,15 +208,37 @@ def _scenarios(label, service, ceiling, config, workdir):
     body = '{"content": "Run the tests and report.", "role": "user"}'
     sends = [f"POST /api/sessions/{sid}/message\t{body}" for sid in message_ids]
     gets = [f"GET /api/sessions/{sid}" for sid in ids]
+    create_key = (
+        f'POST /api/sessions\t{{"agent_id": "{CREATE_KEY_AGENT}", "task_id": "t-1", '
+        '"prompt": "Write the release notes.", "data": {"workdir": "/src"}}'
+    )
+    runs = iter(range(1_000_000))
+
+    def keyed(lines):
+        """Return a maker of ``lines`` (cycled), each with a key no request had before."""
+
+        def make():
+            run = next(runs)
+            return [
+                f"{lines[n % len(lines)]}\tIdempotency-Key: bench-{run}-{n}"
+                for n in range(KEYED_LINES)
+            ]
+
+        return make
+
     scenarios = {
         "get": gets,
+        # The seeded sessions never change: each is at version 1.
+        "get_304": [f'{line}\t\tIf-None-Match: "1"' for line in gets],
         "list": [f"GET {path}" for path in firsts],
         "list_next": [f"GET {path}" for path in seconds],
         "create": [
             f'POST /api/sessions\t{{"agent_id": "{CREATE_AGENT}", "task_id": "t-1", '
             '"prompt": "Write the release notes.", "data": {"workdir": "/src"}}'
         ],
+        "create_key": keyed([create_key]),
         "message": sends,
+        "message_key": keyed(sends),
         # 80 % reads (gets and filtered pages), 20 % messages, interleaved.
         "mixed": [
             line
@@ -227,7 +259,9 @@ def _scenarios(label, service, ceiling, config, workdir):
         for r in range(rounds):
             for name in names:
                 for server in (ceiling, service) if r % 2 == 0 else (service, ceiling):
-                    figures = wrk(server.url, scenarios[name], window, c, workdir)
+                    lines = scenarios[name]
+                    lines = lines() if callable(lines) else lines
+                    figures = wrk(server.url, lines, window, c, workdir)
                     results[name][server.name].append(figures)
             print(f"[{label}] {', '.join(names)}: round {r + 1}/{rounds} done", flush=True)
 
@@ -235,15 +269,16 @@ def _scenarios(label, service, ceiling, config, workdir):
         for _ in range(rounds):
             latency[size].append(wrk(service.url, scenarios["list"], window, 1, workdir))
 
-    measure(["get", "list", "list_next"])
+    measure(["get", "get_304", "list", "list_next"])
     measure_latency("small")
-    measure(["create", "message", "mixed"])
+    measure(["create", "create_key", "message", "message_key", "mixed"])
 
     print(f"[{label}] checking the counts through the API ...", flush=True)
     created = sum(r["statuses"].get("201", 0) for r in results["create"]["service"])
+    created_key = sum(r["statuses"].get("201", 0) for r in results["create_key"]["service"])
     sent = sum(
         r["statuses"].get("201", 0)
-        for name in ("message", "mixed")
+        for name in ("message", "message_key", "mixed")
         for r in results[name]["service"]
     )
     counts = {
@@ -251,9 +286,13 @@ def _scenarios(label, service, ceiling, config, workdir):
             "acknowledged": created,
             "stored": count_sessions(service.port, CREATE_AGENT),
         },
+        "sessions_created_with_keys": {
+            "acknowledged": created_key,
+            "stored": count_sessions(service.port, CREATE_KEY_AGENT),
+        },
         "messages": {"acknowledged": sent, "stored": count_messages(service.port, message_ids)},
     }
-    have = config["small"] + created
+    have = config["small"] + created + created_key
     print(f"[{label}] growing to {config['large']:,} sessions through the API ...", flush=True)
     have = grow(service, config["large"], have, workdir)
     measure_latency("large")
@@ -269,6 +308,14 @@ def _scenarios(label, service, ceiling, config, workdir):
                 ),
             }
             for name, apps in results.items()
+        },
+        # Each scenario against its plain counterpart on the service, round by round.
+        "pairs": {
+            name: statistics.median(
+                s["rps"] / p["rps"]
+                for s, p in zip(results[name]["service"], results[plain]["service"], strict=True)
+            )
+            for name, plain in PAIRS.items()
         },
         "list_latency": {
             size: {"sessions": n, **summarize(latency[size])}
@@ -302,6 +349,11 @@ def verdicts(result):
         checks.append(
             (f"{what}: stored == 201s", f"{count['stored']} / {count['acknowledged']}", exact, True)
         )
+    pairs = result["pairs"]
+    for name in ("create_key", "message_key"):
+        cost = 1 - pairs[name]
+        checks.append((f"{name}: a key costs < 30 %", f"{cost:+.0%}", cost < 0.30, False))
+    checks.append(("get_304 >= get", f"{pairs['get_304']:.2f}x", pairs["get_304"] >= 1.0, False))
     small, large = result["list_latency"]["small"], result["list_latency"]["large"]
     growth = large["p50_ms"] / small["p50_ms"]
     checks.append(
@@ -335,8 +387,10 @@ def report(result):
         )
     print(
         "ratio: median over rounds of service/ceiling req/s; c.p50, c.p99: the ceiling's;\n"
-        "failed: non-2xx answers, socket errors and requests left unanswered"
+        "failed: answers neither 2xx nor 304, socket errors and requests left unanswered"
     )
+    for name, plain in PAIRS.items():
+        print(f"{name} / {plain} (service, same rounds): {result['pairs'][name]:.2f}x")
     for figures in result["list_latency"].values():
         print(
             f"list page, 1 connection, {figures['sessions']:>7,} sessions: "
@@ -377,7 +431,7 @@ def empty_postgresql(url):
     create_app({"DATABASE_URL": url})
     migrations.upgrade()
     with db.database.connection_context():
-        db.database.execute_sql("TRUNCATE messages, sessions")
+        db.database.execute_sql("TRUNCATE messages, sessions, idempotency_keys")
     db.database.close_all()
 
 

@@ -16,6 +16,7 @@ from werkzeug.exceptions import (
     HTTPException,
     InternalServerError,
     NotFound,
+    PreconditionFailed,
     ServiceUnavailable,
     UnprocessableEntity,
 )
@@ -46,6 +47,50 @@ class InvalidBody(BadRequest):
     """The body is not JSON, or not a JSON object."""
 
 
+class InvalidHeader(BadRequest):
+    """A header of the request is malformed (an ``If-Match`` that lists no tag, say)."""
+
+
+class VersionMismatch(PreconditionFailed):
+    def __init__(self, version):
+        super().__init__(
+            f'The session is at version {version} (ETag "{version}"), which If-Match '
+            "does not name: read it again and retry."
+        )
+
+
+class NotModified(HTTPException):
+    """Not an error: the client's copy is current (304, no body)."""
+
+    code = 304
+
+    def __init__(self, headers):
+        super().__init__()
+        self.headers = headers
+
+    def get_response(self, environ=None, scope=None):
+        from flask import current_app
+
+        response = current_app.response_class(status=304, headers=self.headers)
+        del response.headers["Content-Type"]
+        return response
+
+
+class KeyInFlight(Conflict):
+    description = (
+        "A request with this Idempotency-Key is still being handled; retry it "
+        "shortly to get its answer."
+    )
+
+
+class KeyReused(UnprocessableEntity):
+    description = "This Idempotency-Key was used for a different request."
+
+    def __init__(self, header):
+        super().__init__()
+        self.errors = {header: ["Used for a different request (another body or session)."]}
+
+
 class DatabaseUnavailable(ServiceUnavailable):
     description = "The database cannot be reached right now; retry the request later."
 
@@ -70,6 +115,9 @@ def problem_body(status, detail, **extra):
 def handle_http_exception(exc, **extra):
     """Turn a Werkzeug HTTP error into a problem document, keeping its headers."""
     response = exc.get_response()
+    errors = getattr(exc, "errors", None)
+    if errors is not None:
+        extra.setdefault("errors", errors)
     response.set_data(jsonio.dumps(problem_body(exc.code, exc.description, **extra)))
     response.mimetype = PROBLEM_MIMETYPE
     return response
@@ -118,4 +166,5 @@ def init_app(app):
     for exc_class in (OperationalError, InterfaceError, MaxConnectionsExceeded):
         app.register_error_handler(exc_class, handle_database_error)
     app.register_error_handler(InternalServerError, handle_unexpected_error)
+    app.register_error_handler(NotModified, NotModified.get_response)
     app.register_error_handler(HTTPException, handle_http_exception)

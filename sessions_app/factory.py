@@ -14,6 +14,8 @@ from . import (
     openapi,
     proxy,
     requestid,
+    requestlog,
+    retention,
     views,
 )
 from .jsonio import OrjsonProvider
@@ -28,10 +30,11 @@ def create_app(mapping=None):
     app = SessionsFlask("sessions_app")
     app.config.from_mapping(config.load(mapping))
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
-    # Before the database connects, so even a request it fails has an id,
-    # a log line, a count and a token check.
+    # First, so every request has an id, a log line, a count and a token
+    # check, whatever answers it.
     requestid.init_app(app)
     logs.init_app(app)
+    requestlog.init_app(app)
     metrics.init_app(app)
     auth.init_app(app)
     proxy.init_app(app)
@@ -40,5 +43,6 @@ def create_app(mapping=None):
     errors.init_app(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(health.bp)
+    retention.init_app(app)
     openapi.init_app(app)  # last: it describes the routes registered above
     return app

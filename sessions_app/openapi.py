@@ -16,8 +16,16 @@ from flask import Blueprint, current_app
 from flask_swagger_ui import get_swaggerui_blueprint
 from marshmallow import fields as ma_fields
 
-from . import auth, jsonio, schemas
-from .fields import MAX_JSON_DEPTH, CommaList, JSONObject, NotBlank, Text, Timestamp
+from . import auth, conditional, idempotency, jsonio, schemas
+from .fields import (
+    MAX_JSON_DEPTH,
+    CommaList,
+    JSONObject,
+    NotBlank,
+    QueryTimestamp,
+    Text,
+    Timestamp,
+)
 from .ids import SESSION_ID_PATTERN
 from .parsing import load_query
 
@@ -39,6 +47,17 @@ contain NUL (U+0000) or unpaired surrogates. `data` may nest at most
 
 An unknown query parameter is a 422 on every `/api` endpoint. A method that a
 path does not support is a 405 with an `Allow` header listing those it does.
+
+**Safe retries.** A create or a message sent with an `Idempotency-Key` header
+happens once: sent again with the same key and the same body, it gets the
+first answer again (with `Idempotent-Replayed: true`) and changes nothing. The
+same key with another body is a 422; while the first request with a key is
+still being handled, another is a 409. Keys are kept at least a day.
+
+**Versions.** A session's `version` goes up by one with every change; its
+`ETag` is the version in quotes. `GET` with `If-None-Match` naming it is a 304;
+`PATCH` or `DELETE` with an `If-Match` that does not name it is a 412 and
+changes nothing.
 """
 
 # -- what each route does ---------------------------------------------------
@@ -59,6 +78,10 @@ class Operation:
     tag: str = "sessions"
     links: dict = field(default_factory=dict)
     media_type: str = "application/json"
+    #: Header parameters it reads, by their names in ``HEADER_PARAMETERS``.
+    headers: tuple = ()
+    #: Its success answers with the session's ``ETag``.
+    tagged: bool = False
 
 
 _SESSION_LINKS = {
@@ -78,18 +101,31 @@ SEND_MESSAGE = Operation(
     schemas.MessageReceiptSchema,
     body=schemas.MessageCreateSchema,
     errors=(400, 404, 409, 413, 415, 422, 503),
+    headers=("IdempotencyKey",),
 )
 
 OPERATIONS = {
     ("GET", "/api/sessions"): Operation(
         "list_sessions",
         "List sessions, newest first",
-        "Filter by agent, task or status (several statuses separated by commas). "
-        "Pages hold `limit` sessions; pass `next_cursor` back as `cursor` for the "
-        "next page, until it is null.",
+        "Filter by agent, task or status (several statuses separated by commas) and "
+        "by time windows on `created_at` and `last_active` (`…_after` exclusive, "
+        "`…_before` inclusive); sort by `created_at` or `last_active`, `desc` or "
+        "`asc`. Pages hold `limit` sessions; pass `next_cursor` back as `cursor` "
+        "(with the same sort and order) for the next page, until it is null.",
         200,
         schemas.SessionListSchema,
         query=schemas.SessionListQuerySchema,
+        errors=(400, 422, 503),
+    ),
+    ("GET", "/api/sessions/count"): Operation(
+        "count_sessions",
+        "Count sessions, in total and by status",
+        "Takes the filters of the list (not its paging or order); every status "
+        "is in `by_status`, with 0 when none matches.",
+        200,
+        schemas.SessionCountSchema,
+        query=schemas.SessionFilterQuerySchema,
         errors=(400, 422, 503),
     ),
     ("POST", "/api/sessions"): Operation(
@@ -99,16 +135,21 @@ OPERATIONS = {
         201,
         schemas.SessionSchema,
         body=schemas.SessionCreateSchema,
-        errors=(400, 413, 415, 422, 503),
+        errors=(400, 409, 413, 415, 422, 503),
         links=_SESSION_LINKS,
+        headers=("IdempotencyKey",),
+        tagged=True,
     ),
     ("GET", "/api/sessions/{session_id}"): Operation(
         "get_session",
         "Get a session",
-        "Returns the session with its prompt, data and message count.",
+        "Returns the session with its prompt, data and message count; 304 without a "
+        "body when `If-None-Match` names its current tag.",
         200,
         schemas.SessionSchema,
-        errors=(400, 404, 422, 503),
+        errors=(304, 400, 404, 422, 503),
+        headers=("IfNoneMatch",),
+        tagged=True,
     ),
     ("PATCH", "/api/sessions/{session_id}"): Operation(
         "update_session",
@@ -116,18 +157,23 @@ OPERATIONS = {
         "`data` is merged as a JSON Merge Patch (RFC 7396): a key set to null is "
         "removed. The status may move from created to any other, between active "
         "and paused, and to completed or failed; completed and failed are final "
-        "(409). An empty object changes nothing.",
+        "(409). An empty object changes nothing. With `If-Match`, only if it names "
+        "the current tag (else 412).",
         200,
         schemas.SessionSchema,
         body=schemas.SessionUpdateSchema,
-        errors=(400, 404, 409, 413, 415, 422, 503),
+        errors=(400, 404, 409, 412, 413, 415, 422, 503),
+        headers=("IfMatch",),
+        tagged=True,
     ),
     ("DELETE", "/api/sessions/{session_id}"): Operation(
         "delete_session",
         "Delete a session and its messages",
-        "A second delete of the same session is a 404.",
+        "A second delete of the same session is a 404. With `If-Match`, only if it "
+        "names the current tag (else 412).",
         204,
-        errors=(400, 404, 422, 503),
+        errors=(400, 404, 412, 422, 503),
+        headers=("IfMatch",),
     ),
     ("POST", "/api/sessions/{session_id}/message"): SEND_MESSAGE,
     ("POST", "/api/sessions/{session_id}/messages"): replace(
@@ -139,8 +185,9 @@ OPERATIONS = {
     ("GET", "/api/sessions/{session_id}/messages"): Operation(
         "list_messages",
         "List a session's messages, oldest first",
-        "Pages hold `limit` messages; pass `next_cursor` back as `cursor` for the "
-        "next page, until it is null.",
+        "`order=desc` lists them newest first. Pages hold `limit` messages; pass "
+        "`next_cursor` back as `cursor` (with the same order) for the next page, "
+        "until it is null.",
         200,
         schemas.MessageListSchema,
         query=schemas.MessageListQuerySchema,
@@ -188,6 +235,7 @@ OUT_SCHEMAS = {
     "SessionSummary": schemas.SessionSummarySchema,
     "Session": schemas.SessionSchema,
     "SessionList": schemas.SessionListSchema,
+    "SessionCount": schemas.SessionCountSchema,
     "MessageReceipt": schemas.MessageReceiptSchema,
     "Message": schemas.MessageSchema,
     "MessageList": schemas.MessageListSchema,
@@ -197,19 +245,43 @@ OUT_SCHEMAS = {
 # -- error responses --------------------------------------------------------
 
 ERRORS = {
-    400: ("BadRequest", "The body is not a JSON object, or the query string is not UTF-8."),
+    304: ("NotModified", "`If-None-Match` names the current tag: the client's copy is current."),
+    400: (
+        "BadRequest",
+        "The body is not a JSON object, the query string is not UTF-8, or `If-Match` / "
+        "`If-None-Match` is malformed.",
+    ),
     401: ("Unauthorized", "No bearer token was sent, or it is not one the service knows."),
     403: ("Forbidden", "The token may only read; it cannot change anything."),
     404: ("NotFound", "No session has this id."),
     405: ("MethodNotAllowed", "The path does not take this method; `Allow` lists those it does."),
-    409: ("Conflict", "The session's status forbids this; `detail` names the current status."),
+    409: (
+        "Conflict",
+        "The session's status forbids this (`detail` names it), or a request with this "
+        "`Idempotency-Key` is still being handled.",
+    ),
+    412: (
+        "PreconditionFailed",
+        "`If-Match` does not name the session's current tag; `detail` gives its version.",
+    ),
     413: ("ContentTooLarge", "The body is larger than the service accepts (1 MiB by default)."),
     415: ("UnsupportedMediaType", "The body was not sent as `application/json`."),
-    422: ("UnprocessableContent", "Invalid or unknown fields or parameters; `errors` names each."),
+    422: (
+        "UnprocessableContent",
+        "Invalid or unknown fields or parameters, or an `Idempotency-Key` that is malformed "
+        "or was used for a different request; `errors` names each.",
+    ),
     503: ("ServiceUnavailable", "The database cannot be reached; retry after Retry-After seconds."),
 }
 
+_ETAG = {
+    "description": "The session's version, in quotes: a strong entity tag.",
+    "required": True,
+    "schema": {"type": "string", "pattern": conditional.ETAG_PATTERN},
+}
+
 _HEADERS = {
+    304: {conditional.ETAG: _ETAG},
     401: {
         "WWW-Authenticate": {
             "description": "The scheme to use: Bearer.",
@@ -224,6 +296,38 @@ _HEADERS = {
             "schema": {"type": "integer", "minimum": 0},
         }
     },
+}
+
+#: The request headers of contract sections 5 and 6, as OpenAPI parameters.
+HEADER_PARAMETERS = {
+    "IdempotencyKey": {
+        "name": conditional.IDEMPOTENCY_KEY,
+        "description": "Makes a retry of this request safe: sent again with the same key and "
+        "body, it gets the first answer and changes nothing. Kept at least "
+        "IDEMPOTENCY_TTL_SECONDS (a day by default).",
+        "schema": {"type": "string", "pattern": idempotency.KEY_PATTERN},
+        "example": "create-order-42-attempt",
+    },
+    "IfMatch": {
+        "name": conditional.IF_MATCH,
+        "description": 'Only if the session\'s tag is one of these (e.g. "3"; * for any): '
+        "else 412. Weak tags never match.",
+        "schema": {"type": "string", "pattern": conditional.TAGS_PATTERN},
+        "example": '"1"',
+    },
+    "IfNoneMatch": {
+        "name": conditional.IF_NONE_MATCH,
+        "description": 'A 304 without a body if the session\'s tag is one of these (e.g. "3", '
+        'W/"3"; * for any).',
+        "schema": {"type": "string", "pattern": conditional.TAGS_PATTERN},
+        "example": '"1"',
+    },
+}
+
+_REPLAYED = {
+    "description": "`true` when this is the stored answer to an earlier request with the "
+    "same `Idempotency-Key`.",
+    "schema": {"type": "string", "enum": ["true"]},
 }
 
 # -- custom fields as JSON Schema ------------------------------------------
@@ -271,24 +375,22 @@ def _custom_field_properties(self, field, **kwargs):
 # -- building the document ---------------------------------------------------
 
 
-def build_document(url_map, secured=False):
-    """Return the OpenAPI document for the routes in ``url_map``.
-
-    ``secured``: the service requires a bearer token on its ``/api`` data.
-    """
-    routes = routes_of(url_map)
+def build_document(app):
+    """Return the OpenAPI document for ``app``'s routes and its token rules."""
+    routes = routes_of(app.url_map)
     plugin = MarshmallowPlugin()
     spec = APISpec(TITLE, VERSION, "3.1.0", plugins=[plugin], info={"description": DESCRIPTION})
     plugin.map_to_openapi_type(Timestamp, "string", "date-time")
+    plugin.map_to_openapi_type(QueryTimestamp, "string", "date-time")
     plugin.converter.add_attribute_function(_custom_field_properties)
     _add_components(spec)
-    if secured:
+    if auth.required(app):
         spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     paths = {}
     for (method, path), operation in OPERATIONS.items():
         if (method, path) in routes:
             document = _operation(operation)
-            if secured and path.startswith("/api/") and not path.startswith(auth.OPEN_PATHS):
+            if auth.needs_token(app, path):
                 _require_token(document, method)
             paths.setdefault(path, {})[method.lower()] = document
     for path, operations in paths.items():
@@ -334,12 +436,13 @@ def _add_components(spec):
             "schema": {"type": "string", "pattern": f"^{SESSION_ID_PATTERN}$"},
         },
     )
+    for name, parameter in HEADER_PARAMETERS.items():
+        spec.components.parameter(name, "header", parameter)
     for status, (name, description) in ERRORS.items():
         problem = "ValidationProblem" if status == 422 else "Problem"
-        response = {
-            "description": description,
-            "content": {"application/problem+json": {"schema": problem}},
-        }
+        response = {"description": description}
+        if status != 304:
+            response["content"] = {"application/problem+json": {"schema": problem}}
         if status in _HEADERS:
             response["headers"] = _HEADERS[status]
         spec.components.response(name, response)
@@ -352,13 +455,16 @@ def _operation(op):
     elif op.status != 204:
         kind = "object" if op.media_type == "application/json" else "string"
         success["content"] = {op.media_type: {"schema": {"type": kind}}}
+    headers = {}
+    if op.tagged:
+        headers[conditional.ETAG] = _ETAG
+    if "IdempotencyKey" in op.headers:
+        headers[conditional.IDEMPOTENT_REPLAYED] = _REPLAYED
     if op.links:
-        success["headers"] = {
-            "Location": {
-                "description": "The new session's URL.",
-                "required": True,
-                "schema": {"type": "string"},
-            }
+        headers["Location"] = {
+            "description": "The new session's URL.",
+            "required": True,
+            "schema": {"type": "string"},
         }
         success["links"] = {
             name: {
@@ -367,6 +473,8 @@ def _operation(op):
             }
             for name, target in op.links.items()
         }
+    if headers:
+        success["headers"] = headers
     responses = {str(op.status): success}
     responses.update({str(status): ERRORS[status][0] for status in op.errors})
     result = {
@@ -376,8 +484,10 @@ def _operation(op):
         "tags": [op.tag],
         "responses": responses,
     }
-    if op.query is not None:
-        result["parameters"] = [{"in": "query", "schema": op.query}]
+    parameters = [{"in": "query", "schema": op.query}] if op.query is not None else []
+    parameters += list(op.headers)  # names of components: apispec makes them $refs
+    if parameters:
+        result["parameters"] = parameters
     if op.body is not None:
         result["requestBody"] = {
             "required": True,
@@ -409,5 +519,7 @@ def init_app(app):
     docs.before_request(_reject_query)
     app.register_blueprint(bp)
     app.register_blueprint(docs)
-    secured = "sessions_app.tokens" in app.extensions  # set by auth.init_app
-    app.extensions["openapi"] = jsonio.dumps(build_document(app.url_map, secured))
+    # No data here, and a browser opening the docs cannot send a token.
+    auth.leave_open(app, DOCUMENT_PATH)
+    auth.leave_open(app, DOCS_PATH)
+    app.extensions["openapi"] = jsonio.dumps(build_document(app))

@@ -17,6 +17,11 @@ def load_json(schema):
     415 unless the body is sent as ``application/json``; 400 unless it is a
     JSON object; 422 (``ValidationError``) for invalid or unknown fields.
     """
+    return schema.load(read_json())
+
+
+def read_json():
+    """Return the request's JSON object body as parsed, before any schema: 415, 400."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the body as JSON, with Content-Type: application/json.")
     try:
@@ -25,7 +30,7 @@ def load_json(schema):
         raise InvalidBody(str(exc)) from None
     if not isinstance(body, dict):
         raise InvalidBody("The body must be a JSON object.")
-    return schema.load(body)
+    return body
 
 
 def _body_bytes():

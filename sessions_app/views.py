@@ -1,20 +1,33 @@
 """The session endpoints: one blueprint, each view load → act → dump."""
 
+from functools import partial
+
 from flask import Blueprint, current_app, url_for
 from werkzeug.routing import BaseConverter
 
+from . import idempotency
+from .conditional import (
+    ETAG,
+    IF_MATCH,
+    IF_NONE_MATCH,
+    check_if_none_match,
+    etag,
+    request_tags,
+)
 from .ids import SESSION_ID_PATTERN
 from .models import Message, Session
-from .paging import cut_page
-from .parsing import load_json, load_query
+from .paging import cut_page, session_cursor
+from .parsing import load_json, load_query, read_json
 from .schemas import (
     dump_message_list,
     dump_message_receipt,
     dump_session,
+    dump_session_count,
     dump_session_list,
     message_create_schema,
     message_list_query_schema,
     no_query_schema,
+    session_count_query_schema,
     session_create_schema,
     session_list_query_schema,
     session_update_schema,
@@ -38,35 +51,53 @@ def _add_converter(state):
 def list_sessions():
     query = load_query(session_list_query_schema)
     rows = Session.page(**query)
-    sessions, next_cursor = cut_page(rows, query["limit"], lambda row: row["id"])
+    cursor_of = partial(session_cursor, query["sort"], query["order"])
+    sessions, next_cursor = cut_page(rows, query["limit"], cursor_of)
     return dump_session_list({"sessions": sessions, "next_cursor": next_cursor})
+
+
+@bp.get("/sessions/count")
+def count_sessions():
+    by_status = Session.count_by_status(**load_query(session_count_query_schema))
+    return dump_session_count({"count": sum(by_status.values()), "by_status": by_status})
 
 
 @bp.post("/sessions")
 def create_session():
     load_query(no_query_schema)
-    session = Session.open(**load_json(session_create_schema))
+    key = idempotency.load_key()
+    body = read_json()
+    fields = session_create_schema.load(body)
+    return idempotency.once(key, body, lambda: _created(Session.open(**fields)))
+
+
+def _created(session):
     location = url_for(".get_session", session_id=session["id"])
-    return dump_session(session), 201, {"Location": location}
+    return _dump_with_tag(session, 201, Location=location)
 
 
 @bp.get("/sessions/<session_id:session_id>")
 def get_session(session_id):
     load_query(no_query_schema)
-    return dump_session(Session.fetch(session_id))
+    if_none_match = request_tags(IF_NONE_MATCH)
+    if if_none_match is not None:
+        # The version alone decides a 304: no data read, parsed or dumped.
+        check_if_none_match(if_none_match, Session.version_of(session_id))
+    return _dump_with_tag(Session.fetch(session_id))
 
 
 @bp.patch("/sessions/<session_id:session_id>")
 def update_session(session_id):
     load_query(no_query_schema)
+    if_match = request_tags(IF_MATCH)
     patch = load_json(session_update_schema)
-    return dump_session(Session.change(session_id, patch))
+    return _dump_with_tag(Session.change(session_id, patch, if_match))
 
 
 @bp.delete("/sessions/<session_id:session_id>")
 def delete_session(session_id):
     load_query(no_query_schema)
-    Session.remove(session_id)
+    Session.remove(session_id, request_tags(IF_MATCH))
     return _no_content()
 
 
@@ -74,8 +105,19 @@ def delete_session(session_id):
 @bp.post("/sessions/<session_id:session_id>/messages")
 def send_message(session_id):
     load_query(no_query_schema)
-    message = Message.send(session_id, **load_json(message_create_schema))
+    key = idempotency.load_key()
+    body = read_json()
+    fields = message_create_schema.load(body)
+    return idempotency.once(key, body, lambda: _sent(Message.send(session_id, **fields)))
+
+
+def _sent(message):
     return dump_message_receipt(message), 201
+
+
+def _dump_with_tag(session, status=200, **headers):
+    """Dump a full session with its ETag."""
+    return dump_session(session), status, {ETAG: etag(session["version"]), **headers}
 
 
 def _no_content():
@@ -87,6 +129,6 @@ def _no_content():
 @bp.get("/sessions/<session_id:session_id>/messages")
 def list_messages(session_id):
     query = load_query(message_list_query_schema)
-    rows = Message.page(session_id, query["limit"], query.get("cursor", 0))
+    rows = Message.page(session_id, query["limit"], query.get("cursor"), query["order"])
     messages, next_cursor = cut_page(rows, query["limit"], lambda row: str(row["seq"]))
     return dump_message_list({"messages": messages, "next_cursor": next_cursor})

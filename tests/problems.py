@@ -8,6 +8,7 @@ TITLES = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    412: "Precondition Failed",
     413: "Request Entity Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Entity",
@@ -32,8 +33,18 @@ SEED_FULL_KEYS = {
     "message_count",
     "data",
 }
-SUMMARY_KEYS = {"id", "agent_id", "task_id", "status", "created_at", "last_active", "message_count"}
-FULL_KEYS = SUMMARY_KEYS | {"prompt", "data"}
+SEED_SUMMARY_KEYS = {
+    "id",
+    "agent_id",
+    "task_id",
+    "status",
+    "created_at",
+    "last_active",
+    "message_count",
+}
+# Section 8 adds status_changed_at to both forms.
+SUMMARY_KEYS = SEED_SUMMARY_KEYS | {"status_changed_at"}
+FULL_KEYS = SUMMARY_KEYS | {"prompt", "data", "version"}
 MESSAGE_KEYS = {"message_id", "session_id", "role", "content", "status", "timestamp"}
 RECEIPT_KEYS = {"message_id", "session_id", "status", "timestamp"}
 # Words that only a leaked stack trace, SQL statement or server path would show.

@@ -34,8 +34,12 @@ def test_status_transition_table(api, client, current, new):
         after = api.patch(before["id"], status=new)
         assert after["status"] == new
         assert parse_time(after["last_active"]) > parse_time(before["last_active"])
-        unchanged = {k: v for k, v in after.items() if k not in ("status", "last_active")}
-        assert unchanged == {k: v for k, v in before.items() if k not in ("status", "last_active")}
+        # The statement that moves the status stamps both with the same instant.
+        assert after["status_changed_at"] == after["last_active"]
+        moved = ("status", "last_active", "status_changed_at", "version")
+        unchanged = {k: v for k, v in after.items() if k not in moved}
+        assert unchanged == {k: v for k, v in before.items() if k not in moved}
+        assert after["version"] == before["version"] + 1
     else:
         response = client.patch(f"/api/sessions/{before['id']}", json={"status": new})
         assert_problem(

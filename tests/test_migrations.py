@@ -478,3 +478,20 @@ def test_two_gunicorn_instances_starting_at_once_on_postgresql_apply_each_migrat
         assert applied_names(url) == every_migration()
         logs = [log.read_text() for _base, _process, log in runs]
         assert sum("Applied migration" in text for text in logs) == 1, logs
+
+
+def test_sessions_of_release_0_1_are_at_version_1_and_take_keys(empty_database_url):
+    make_release_database(empty_database_url)
+    client = use(empty_database_url).test_client()
+    migrations.upgrade()
+
+    session_id = SESSIONS[0][0]
+    got = client.get(f"/api/sessions/{session_id}")
+    assert got.get_json()["version"] == 1 and got.headers["ETag"] == '"1"'
+    headers = {"Idempotency-Key": "after-upgrade"}
+    body = {"content": "after"}
+    first = client.post(f"/api/sessions/{session_id}/message", json=body, headers=headers)
+    again = client.post(f"/api/sessions/{session_id}/message", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert client.get(f"/api/sessions/{session_id}").get_json()["version"] == 2

@@ -50,14 +50,15 @@ def test_operations_have_unique_ids_summaries_and_problem_errors(document):
 @pytest.mark.parametrize(
     ("method", "path", "statuses"),
     [
-        ("post", "/api/sessions", {"201", "400", "413", "415", "422", "503"}),
+        ("post", "/api/sessions", {"201", "400", "409", "413", "415", "422", "503"}),
+        ("get", "/api/sessions/{session_id}", {"200", "304", "400", "404", "422", "503"}),
         ("get", "/api/sessions", {"200", "400", "422", "503"}),
         (
             "patch",
             "/api/sessions/{session_id}",
-            {"200", "400", "404", "409", "413", "415", "422", "503"},
+            {"200", "400", "404", "409", "412", "413", "415", "422", "503"},
         ),
-        ("delete", "/api/sessions/{session_id}", {"204", "400", "404", "422", "503"}),
+        ("delete", "/api/sessions/{session_id}", {"204", "400", "404", "412", "422", "503"}),
         (
             "post",
             "/api/sessions/{session_id}/message",
@@ -118,11 +119,45 @@ def test_a_secured_service_documents_its_token(database_url):
     assert create["security"] == [{"bearer": []}]
     assert {"401", "403"} <= set(create["responses"])
     assert "403" not in document["paths"]["/api/sessions"]["get"]["responses"]
-    assert "security" not in document["paths"]["/health"]["get"]
+    for open_path in ("/health", "/metrics", "/api/openapi.json", "/api/docs/"):
+        assert "security" not in document["paths"][open_path]["get"], open_path
+    secured = {
+        (method, path)
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+        if method != "parameters" and "security" in operation
+    }
+    assert secured == {
+        (method, path)
+        for path, methods in document["paths"].items()
+        for method in methods
+        if method != "parameters" and path.startswith("/api/sessions")
+    }
 
 
-def test_the_document_served_is_the_one_built_with_the_app(app, client):
-    assert client.get("/api/openapi.json").data == app.extensions["openapi"]
+def test_the_document_names_each_operation_of_the_service(document):
+    assert document["info"]["title"] == "Session API"
+    assert document["info"]["version"] == "1.0.0"
+    operations = {
+        (method, path): operation["operationId"]
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+        if method != "parameters"
+    }
+    assert operations == {
+        ("get", "/api/sessions"): "list_sessions",
+        ("post", "/api/sessions"): "create_session",
+        ("get", "/api/sessions/{session_id}"): "get_session",
+        ("patch", "/api/sessions/{session_id}"): "update_session",
+        ("delete", "/api/sessions/{session_id}"): "delete_session",
+        ("post", "/api/sessions/{session_id}/message"): "send_message",
+        ("post", "/api/sessions/{session_id}/messages"): "send_message_to_messages",
+        ("get", "/api/sessions/{session_id}/messages"): "list_messages",
+        ("get", "/health"): "health",
+        ("get", "/metrics"): "metrics",
+        ("get", "/api/openapi.json"): "openapi_document",
+        ("get", "/api/docs/"): "api_docs",
+    }
 
 
 @pytest.mark.parametrize("path", ["/api/openapi.json", "/api/docs/"])
@@ -143,3 +178,54 @@ def test_docs_page_loads_everything_from_the_service(client):
     for asset in assets:
         with client.get(asset) as response:
             assert response.status_code == 200, asset
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "header"),
+    [
+        ("post", "/api/sessions", "Idempotency-Key"),
+        ("post", "/api/sessions/{session_id}/message", "Idempotency-Key"),
+        ("post", "/api/sessions/{session_id}/messages", "Idempotency-Key"),
+        ("get", "/api/sessions/{session_id}", "If-None-Match"),
+        ("patch", "/api/sessions/{session_id}", "If-Match"),
+        ("delete", "/api/sessions/{session_id}", "If-Match"),
+    ],
+)
+def test_the_headers_of_retries_and_versions_are_declared(document, method, path, header):
+    parameters = document["components"]["parameters"]
+    declared = [
+        parameters[p["$ref"].rpartition("/")[2]]
+        for p in document["paths"][path][method]["parameters"]
+        if "$ref" in p
+    ]
+    assert [(p["name"], p["in"]) for p in declared] == [(header, "header")]
+    assert not declared[0].get("required", False)
+
+
+def test_header_patterns_accept_what_the_service_accepts(document):
+    parameters = document["components"]["parameters"]
+    key = parameters["IdempotencyKey"]["schema"]["pattern"]
+    assert re.fullmatch(key, "order-42:retry/1") and not re.fullmatch(key, "a b")
+    assert not re.fullmatch(key, "x" * 256)
+    tags = parameters["IfMatch"]["schema"]["pattern"]
+    for good in ("*", '"3"', 'W/"3", "4"', ' "1",,"2" '):
+        assert re.fullmatch(tags, good), good
+    for bad in ("", "3", '"3" "4"', '*, "3"'):
+        assert not re.fullmatch(tags, bad), bad
+
+
+def test_sessions_answer_with_their_tag_and_replays_say_so(document):
+    paths = document["paths"]
+    for method, path, status in [
+        ("post", "/api/sessions", "201"),
+        ("get", "/api/sessions/{session_id}", "200"),
+        ("patch", "/api/sessions/{session_id}", "200"),
+    ]:
+        assert paths[path][method]["responses"][status]["headers"]["ETag"]["required"] is True
+    for path in ("/api/sessions", "/api/sessions/{session_id}/message"):
+        headers = paths[path]["post"]["responses"]["201"]["headers"]
+        assert headers["Idempotent-Replayed"]["schema"] == {"type": "string", "enum": ["true"]}
+    not_modified = document["components"]["responses"]["NotModified"]
+    assert "content" not in not_modified and not_modified["headers"]["ETag"]["required"]
+    assert "version" in document["components"]["schemas"]["Session"]["required"]
+    assert "version" not in document["components"]["schemas"]["SessionSummary"]["properties"]
