@@ -22,6 +22,10 @@ SETTINGS = {
     "SESSIONS_API_READONLY_TOKENS": ("", str),
     "LOG_LEVEL": ("INFO", str),
     "LOG_FORMAT": ("json", str),
+    "CHANGES_RETENTION_SECONDS": (7 * 24 * 3600, int),
+    "STREAM_MAX_SECONDS": (300, int),
+    "STREAM_HEARTBEAT_SECONDS": (15, int),
+    "FEED_WAITERS_MAX": (500, int),
 }
 
 LOG_FORMATS = ("json", "text")
@@ -47,7 +51,15 @@ def load(mapping=None, environ=None):
     config = {name: default for name, (default, _kind) in SETTINGS.items()}
     config.update(from_environ(environ))
     config.update(mapping or {})
-    for name in ("DATABASE_POOL_SIZE", "MAX_BODY_BYTES", "SQLITE_BUSY_TIMEOUT_MS"):
+    for name in (
+        "DATABASE_POOL_SIZE",
+        "MAX_BODY_BYTES",
+        "SQLITE_BUSY_TIMEOUT_MS",
+        "CHANGES_RETENTION_SECONDS",
+        "STREAM_MAX_SECONDS",
+        "STREAM_HEARTBEAT_SECONDS",
+        "FEED_WAITERS_MAX",
+    ):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1, not {config[name]}")
     if config["LOG_FORMAT"] not in LOG_FORMATS:

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import click
@@ -181,6 +182,19 @@ def _connect():
 def _close(exc):
     if not database.is_closed():
         database.close()
+
+
+@contextmanager
+def released():
+    """Give the request's connection back to the pool for the block (while a request waits)."""
+    held = not database.is_closed()
+    if held:
+        database.close()
+    try:
+        yield
+    finally:
+        if held:
+            database.connect(reuse_if_open=True)
 
 
 def init_db():

@@ -16,6 +16,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -45,6 +46,18 @@ MESSAGES_STORED = Counter(
     "sessions_messages_stored",
     "Messages stored (committed), by role.",
     ["role"],
+)
+
+WAITING = Gauge(
+    "sessions_waiting_requests",
+    "Requests holding a waiting slot, by kind (poll or stream), in all workers.",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
+WAITING_REFUSED = Counter(
+    "sessions_waiting_refused",
+    "Long polls and streams refused (503) because every waiting slot was taken, by kind.",
+    ["kind"],
 )
 
 # A client chooses the method; only these become label values, so a client

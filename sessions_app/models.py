@@ -14,7 +14,7 @@ from peewee import (
     TextField,
 )
 
-from . import jsonio, metrics
+from . import changes, feed, jsonio, metrics
 from .db import database
 from .errors import SessionNotFound, StatusConflict
 from .ids import new_message_id, new_session_id
@@ -61,6 +61,8 @@ class Session(BaseModel):
     created_at = BigIntegerField()
     last_active = BigIntegerField()
     message_count = IntegerField()
+    # Raised by one in the statement of every write that changes the session.
+    version = IntegerField(default=1)
 
     class Meta:
         table_name = "sessions"
@@ -85,12 +87,15 @@ class Session(BaseModel):
             "created_at": now,
             "last_active": now,
             "message_count": 0,
+            "version": 1,
         }
         # Writers take turns (db.WriterQueue), so the SQL is made before the
         # transaction: every writer queued behind this one would wait for it.
         sql, params = cls.insert(row).sql()
         with database.atomic():
             database.execute_sql(sql, params)
+            feed.record(changes.SESSION_CREATED, row, now)
+        feed.committed()
         logger.info("Created session %s for agent %s", row["id"], agent_id)
         return row
 
@@ -151,41 +156,59 @@ class Session(BaseModel):
             row = query.dicts().first()
             if row is None:
                 raise SessionNotFound(session_id)
-            changes = _changes(row, patch)
-            if changes:
-                changes["last_active"] = now_us()
-                cls.update(changes).where(cls.id == session_id).execute()
-                row.update(changes)
-        if changes:
-            logger.info("Updated session %s: %s", session_id, ", ".join(sorted(changes)))
+            changed = _changes(row, patch)
+            if changed:
+                now = now_us()
+                update = cls.update({**changed, "last_active": now, "version": cls.version + 1})
+                query = update.where(cls.id == session_id).returning(cls.version)
+                version = list(query.tuples().execute())[0][0]
+                fields = [name for name in changes.UPDATABLE if name in changed]
+                row.update(changed, last_active=now, version=version)
+                feed.record(changes.SESSION_UPDATED, row, now, changed=fields)
+        if changed:
+            feed.committed()
+            logger.info("Updated session %s: %s", session_id, ", ".join(fields))
         return row
 
     @classmethod
     def remove(cls, session_id):
         """Delete the session and its messages, or raise ``SessionNotFound``."""
         with database.atomic():
-            query = cls.delete().where(cls.id == session_id).returning(cls.message_count)
-            deleted = list(query.tuples().execute())
-        if not deleted:
-            raise SessionNotFound(session_id)
-        logger.info("Deleted session %s (%d messages)", session_id, deleted[0][0])
+            query = cls.delete().where(cls.id == session_id).returning(*_TOMBSTONE_FIELDS)
+            deleted = list(query.dicts().execute())
+            if not deleted:
+                raise SessionNotFound(session_id)
+            last = deleted[0]
+            tombstone = {**last, "id": session_id}
+            feed.record(changes.SESSION_DELETED, tombstone, now_us(), reason=changes.DELETED)
+        feed.committed()
+        logger.info("Deleted session %s (%d messages)", session_id, last["message_count"])
+
+
+_TOMBSTONE_FIELDS = (
+    Session.agent_id,
+    Session.task_id,
+    Session.status,
+    Session.version,
+    Session.message_count,
+)
 
 
 def _changes(row, patch):
     """Return the stored values ``patch`` would change, checking the status move."""
-    changes = {}
+    found = {}
     status = patch.get("status", row["status"])
     if status != row["status"]:
         if not can_move(row["status"], status):
             raise StatusConflict(row["status"], status)
-        changes["status"] = status
+        found["status"] = status
     if "data" in patch:
         data = merge_patch(row["data"], patch["data"])
         if jsonio.canonical(data) != jsonio.canonical(row["data"]):
-            changes["data"] = data
+            found["data"] = data
     if "prompt" in patch and patch["prompt"] != row["prompt"]:
-        changes["prompt"] = patch["prompt"]
-    return changes
+        found["prompt"] = patch["prompt"]
+    return found
 
 
 class Message(BaseModel):
@@ -212,18 +235,21 @@ class Message(BaseModel):
         """Store a message and count it on its session, in one transaction."""
         with database.atomic():
             now = now_us()
-            counted = _count_message.execute(session_id=session_id, now=now).fetchall()
+            counted = _count_message.rows(session_id=session_id, now=now)
             if not counted:
                 _refuse_message(session_id)
+            session = {**counted[0], "id": session_id}
             message_id = new_message_id(now)
             _store_message.execute(
                 session_id=session_id,
-                seq=counted[0][0],
+                seq=session["message_count"],
                 message_id=message_id,
                 role=role,
                 content=content,
                 timestamp=now,
             )
+            feed.record(changes.MESSAGE_CREATED, session, now, message_id=message_id, role=role)
+        feed.committed()
         metrics.MESSAGES_STORED.labels(role).inc()
         return {
             "message_id": message_id,
@@ -286,9 +312,16 @@ _count_message = Prepared(
             message_count=Session.message_count + 1,
             last_active=now,
             status=Case(None, [(Session.status == CREATED, ACTIVE)], Session.status),
+            version=Session.version + 1,
         )
         .where((Session.id == session_id) & Session.status.not_in(FINAL_STATUSES))
-        .returning(Session.message_count)
+        .returning(
+            Session.message_count,
+            Session.agent_id,
+            Session.task_id,
+            Session.status,
+            Session.version,
+        )
     )
 )
 
@@ -319,4 +352,4 @@ _message_page = Prepared(
     )
 )
 
-MODELS = (Session, Message)
+MODELS = (Session, Message, *feed.MODELS)

@@ -28,9 +28,9 @@ class Prepared:
         self.convert = dict(convert or {})
         self._compiled = weakref.WeakKeyDictionary()  # database -> {shape: (sql, slots)}
 
-    def execute(self, **values):
-        """Run the query with ``values``; return the cursor."""
-        db = database.obj
+    def execute(self, db=None, **values):
+        """Run the query with ``values`` on ``db`` (default: the bound one); return the cursor."""
+        db = database.obj if db is None else db
         shape = tuple(name for name, value in values.items() if value is not None)
         compiled = self._compiled.setdefault(db, {})
         if shape not in compiled:
@@ -38,9 +38,9 @@ class Prepared:
         sql, slots = compiled[shape]
         return db.execute_sql(sql, [values[name] if name else const for name, const in slots])
 
-    def rows(self, **values):
+    def rows(self, db=None, **values):
         """Run the query; return its rows as dicts."""
-        cursor = self.execute(**values)
+        cursor = self.execute(db, **values)
         names = [column[0] for column in cursor.description]
         rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         for name, convert in self.convert.items():
