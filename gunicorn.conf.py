@@ -38,11 +38,20 @@ group = os.environ.get("GUNICORN_GROUP") or None
 #   Fewer threads per process also wait less for the GIL while holding the
 #   SQLite write lock: creates 1,750/s vs 1,070/s.  GETs were the same;
 #   1 x 8 read 25 % less; 4 x 4 was no faster, with a worse p99.
-# One connection per thread (the pool size below): no request waits for one.
+# One connection per thread that serves ordinary requests (the pool size
+# below): no such request waits for one.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-threads = int(os.environ.get("GUNICORN_THREADS", "2"))
-os.environ.setdefault("DATABASE_POOL_SIZE", str(threads))
+_request_threads = int(os.environ.get("GUNICORN_THREADS", "2"))
+# Waiting requests (long polls with ``wait``, event streams) hold a thread
+# each while they wait, but no database connection, and cost nothing while
+# they wait (sessions_app/waiting.py).  Each worker has a thread for each of
+# its FEED_WAITERS_MAX waiting slots on top of the threads for ordinary
+# requests; a waiter beyond the slots gets a 503 at once, so waiters can
+# never take the threads ordinary requests need.
+threads = _request_threads + _settings["FEED_WAITERS_MAX"]
+# The watcher thread reads the feed with a pooled connection too.
+os.environ.setdefault("DATABASE_POOL_SIZE", str(_request_threads + 1))
 
 # Clients (and nginx's upstream keepalive) reuse connections: closing each
 # one (keepalive = 0) cost GETs 28 % of their throughput.  5 s and 30 s

@@ -377,7 +377,7 @@ def empty_postgresql(url):
     create_app({"DATABASE_URL": url})
     db.init_db()
     with db.database.connection_context():
-        db.database.execute_sql("TRUNCATE messages, sessions")
+        db.database.execute_sql("TRUNCATE messages, sessions, changes, feed_marks")
     db.database.close_all()
 
 
