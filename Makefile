@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run dev test fuzz lint init-db bench bench-feed clean
+.PHONY: run dev test fuzz lint migrate init-db bench bench-feed clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,15 @@ run: $(VENV)/.installed
 
 ## dev: Flask's debug server with reloading, on the same address
 dev: $(VENV)/.installed
-	$(BIN)/flask --app sessions_app init-db
+	$(BIN)/flask --app sessions_app db upgrade
 	$(BIN)/flask --app sessions_app run --debug --host $(HOST) --port $(PORT)
 
-## init-db: create the tables in DATABASE_URL's database
-init-db: $(VENV)/.installed
-	$(BIN)/flask --app sessions_app init-db
+## migrate: bring DATABASE_URL's database to the newest schema (also done at start)
+migrate: $(VENV)/.installed
+	$(BIN)/flask --app sessions_app db upgrade
+
+## init-db: the same as migrate (its older name)
+init-db: migrate
 
 ## test: the whole suite (SQLite; PostgreSQL too when TEST_DATABASE_URL is set)
 test: $(VENV)/.installed-test

@@ -93,11 +93,11 @@ logger_class = _NoAccessLogger
 
 def on_starting(server):
     """Empty the metrics directory and create the tables, once, before any worker starts."""
-    from sessions_app import create_app, db, metrics
+    from sessions_app import create_app, db, metrics, migrations
 
     metrics.empty_multiprocess_dir()
     create_app()
-    db.init_db()
+    migrations.upgrade()
     # No connection may cross the fork into the workers.
     db.database.close_all()
 

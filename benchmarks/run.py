@@ -372,10 +372,10 @@ def machine():
 
 def empty_postgresql(url):
     """Create the tables in ``url``'s database and empty them."""
-    from sessions_app import create_app, db
+    from sessions_app import create_app, db, migrations
 
     create_app({"DATABASE_URL": url})
-    db.init_db()
+    migrations.upgrade()
     with db.database.connection_context():
         db.database.execute_sql("TRUNCATE messages, sessions, changes, feed_marks")
     db.database.close_all()

@@ -2,7 +2,20 @@
 
 from flask import Flask
 
-from . import auth, config, db, errors, health, logs, metrics, openapi, proxy, requestid, views
+from . import (
+    auth,
+    config,
+    db,
+    errors,
+    health,
+    logs,
+    metrics,
+    migrations,
+    openapi,
+    proxy,
+    requestid,
+    views,
+)
 from .jsonio import OrjsonProvider
 
 
@@ -23,6 +36,7 @@ def create_app(mapping=None):
     auth.init_app(app)
     proxy.init_app(app)
     db.init_app(app)
+    migrations.init_app(app)
     errors.init_app(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(health.bp)

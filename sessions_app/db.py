@@ -13,8 +13,7 @@ import time
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
-import click
-from peewee import DatabaseProxy, OperationalError, PostgresqlDatabase
+from peewee import DatabaseProxy, OperationalError
 from playhouse.db_url import parse as parse_url
 from playhouse.pool import PooledSqliteDatabase
 from playhouse.postgres_ext import PooledPsycopg3Database
@@ -22,9 +21,6 @@ from playhouse.postgres_ext import PooledPsycopg3Database
 logger = logging.getLogger(__name__)
 
 database = DatabaseProxy()
-
-# Any number for pg_advisory_xact_lock, as long as it is the same everywhere.
-_SCHEMA_LOCK_KEY = 0x5E5510
 
 
 def make_database(config):
@@ -172,7 +168,6 @@ def init_app(app):
     database.initialize(make_database(app.config))
     app.before_request(_connect)
     app.teardown_request(_close)
-    app.cli.add_command(init_db_command)
 
 
 def _connect():
@@ -197,27 +192,9 @@ def released():
             database.connect(reuse_if_open=True)
 
 
-def init_db():
-    """Create the tables and indexes that are missing; safe to run at any time."""
-    from .models import MODELS
-
-    with database.connection_context(), database.atomic():
-        if isinstance(database.obj, PostgresqlDatabase):
-            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-        database.create_tables(MODELS, safe=True)
-    logger.info("Database ready: %s", describe(database.obj))
-
-
 def describe(db):
     """Name a database for logs without its password."""
     if isinstance(db, PooledSqliteDatabase):
         return f"sqlite {db.database}"
     params = db.connect_params
     return f"postgresql {params.get('host', 'localhost')}:{params.get('port', 5432)}/{db.database}"
-
-
-@click.command("init-db")
-def init_db_command():
-    """Create the database tables if they do not exist."""
-    init_db()
-    click.echo(f"Initialised {describe(database.obj)}.")

@@ -4,6 +4,7 @@ import json
 import logging
 
 from peewee import (
+    SQL,
     BigIntegerField,
     Case,
     CharField,
@@ -62,7 +63,7 @@ class Session(BaseModel):
     last_active = BigIntegerField()
     message_count = IntegerField()
     # Raised by one in the statement of every write that changes the session.
-    version = IntegerField(default=1)
+    version = IntegerField(default=1, constraints=[SQL("DEFAULT 1")])
 
     class Meta:
         table_name = "sessions"

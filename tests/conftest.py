@@ -7,10 +7,9 @@ import threading
 from contextlib import contextmanager
 
 import pytest
+from databases import BACKENDS, new_database
 
-from sessions_app import create_app, db
-
-BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
+from sessions_app import create_app, db, migrations
 
 
 @pytest.fixture(params=BACKENDS)
@@ -21,15 +20,21 @@ def database_url(request, tmp_path):
     return os.environ["TEST_DATABASE_URL"]
 
 
+@pytest.fixture(params=BACKENDS)
+def empty_database_url(request, tmp_path):
+    """The URL of a database with no tables at all (see ``new_database``)."""
+    with new_database(request.param, tmp_path) as url:
+        yield url
+
+
 @pytest.fixture
 def app(database_url):
     app = create_app({"TESTING": True, "DATABASE_URL": database_url})
-    db.init_db()
+    migrations.upgrade()
     if database_url.startswith("postgres"):
         with db.database.connection_context():
-            db.database.execute_sql(
-                "TRUNCATE messages, sessions, changes, feed_marks RESTART IDENTITY"
-            )
+            tables = [t for t in db.database.get_tables() if t != migrations.HISTORY_TABLE]
+            db.database.execute_sql(f"TRUNCATE {', '.join(tables)}")
     yield app
     db.database.close_all()
 

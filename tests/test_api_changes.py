@@ -6,7 +6,7 @@ import time
 import pytest
 from problems import assert_problem, invalid
 
-from sessions_app import db, feed
+from sessions_app import db, feed, migrations
 from sessions_app.timefmt import now_us
 
 NOT_ISSUED = "Not a cursor this service issued."
@@ -398,7 +398,7 @@ def test_a_full_house_is_503_with_retry_after(database_url):
     from sessions_app import create_app
 
     app = create_app({"TESTING": True, "DATABASE_URL": database_url, "FEED_WAITERS_MAX": 1})
-    db.init_db()
+    migrations.upgrade()
     try:
         app.test_client().post("/api/sessions", json={"agent_id": "a"})
         waiter = later(0, lambda: app.test_client().get("/api/changes?cursor=latest&wait=2"))

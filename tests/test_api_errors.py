@@ -15,7 +15,7 @@ from problems import (
 )
 from werkzeug.test import EnvironBuilder
 
-from sessions_app import create_app, db
+from sessions_app import create_app, db, migrations
 
 SID = "session-0000000000000000000000000000"
 BODY_ENDPOINTS = [
@@ -122,7 +122,7 @@ def test_a_body_over_the_limit_is_413(api, client, session, method, path):
 
 def test_the_body_limit_is_configurable(database_url):
     app = create_app({"TESTING": True, "DATABASE_URL": database_url, "MAX_BODY_BYTES": 100})
-    db.init_db()
+    migrations.upgrade()
     client = app.test_client()
     body = json.dumps({"agent_id": "x", "prompt": "p" * 100})
     small = json.dumps({"agent_id": "x", "prompt": "p" * 50})
@@ -143,7 +143,7 @@ def test_the_body_limit_is_configurable(database_url):
 def test_a_chunked_body_over_the_limit_is_413(database_url, padding, status):
     # Sent chunked, a body has no Content-Length to check before reading it.
     app = create_app({"TESTING": True, "DATABASE_URL": database_url, "MAX_BODY_BYTES": 100})
-    db.init_db()
+    migrations.upgrade()
     body = json.dumps({"agent_id": "x", "prompt": ""}).encode()
     body = body[:-2] + b"p" * (100 - len(body)) + b'"}' + b" " * padding
     environ = EnvironBuilder(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from servers import log_lines, start_gunicorn, stop
 
-from sessions_app import auth, create_app, db
+from sessions_app import auth, create_app, db, migrations
 
 READ_WRITE = ("rw-token-1", "rw-token-2")
 READ_ONLY = "ro-token-1"
@@ -26,7 +26,7 @@ def guarded(tmp_path):
             "SESSIONS_API_READONLY_TOKENS": READ_ONLY,
         }
     )
-    db.init_db()
+    migrations.upgrade()
     yield app.test_client()
     db.database.close_all()
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import requests
-from conftest import BACKENDS
+from databases import BACKENDS, new_database
 from servers import serving
 
 pytestmark = pytest.mark.server
@@ -22,19 +22,9 @@ WRITE_SECONDS = float(os.environ.get("FEED_TEST_WRITE_SECONDS", "10"))
 
 @pytest.fixture(params=BACKENDS)
 def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/sessions.sqlite3"
-    url = os.environ["TEST_DATABASE_URL"]
-    # The servers create the tables; start from an empty feed.
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        tables = conn.execute(
-            "SELECT count(*) FROM pg_tables WHERE tablename IN ('sessions', 'changes')"
-        ).fetchone()[0]
-        if tables == 2:
-            conn.execute("TRUNCATE messages, sessions, changes, feed_marks RESTART IDENTITY")
-    return url
+    """A database of its own, with no tables: the servers make them."""
+    with new_database(request.param, tmp_path) as url:
+        yield url
 
 
 class Writer(threading.Thread):
@@ -169,7 +159,11 @@ def test_every_change_reaches_each_follower_exactly_once_in_order(tmp_path, data
 
 @pytest.mark.skipif("postgresql" not in BACKENDS, reason="TEST_DATABASE_URL is not set")
 def test_a_waiter_on_one_instance_is_woken_by_a_write_through_another(tmp_path):
-    url = os.environ["TEST_DATABASE_URL"]
+    with new_database("postgresql", tmp_path) as url:
+        woken_across_instances(tmp_path, url)
+
+
+def woken_across_instances(tmp_path, url):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with (

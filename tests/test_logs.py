@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sessions_app import config, create_app, db
+from sessions_app import config, create_app, db, migrations
 from sessions_app.logs import JsonFormatter, TextFormatter, dict_config
 
 SECRET_TOKEN = "tok-do-not-log-0123456789"
@@ -97,7 +97,7 @@ def test_no_line_holds_a_token_or_a_body(tmp_path, production_logging):
             "SESSIONS_API_TOKENS": SECRET_TOKEN,
         }
     )
-    db.init_db()
+    migrations.upgrade()
     client = app.test_client()
     auth = {"Authorization": f"Bearer {SECRET_TOKEN}"}
     try:

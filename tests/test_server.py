@@ -3,23 +3,20 @@
 Run with ``pytest -s -m server`` to see the figures (requests, errors, time).
 """
 
-import os
 import random
 import sqlite3
 import threading
 import time
-import uuid
 from collections import Counter
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import requests
+from databases import BACKENDS, new_database
 from servers import serving
 
 pytestmark = pytest.mark.server
 
-BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
 CLIENTS = 16
 MESSAGES_EACH = 50
 PATCHES_EACH = 10
@@ -29,19 +26,8 @@ MIXED_OPS_EACH = 40
 @pytest.fixture(scope="module", params=BACKENDS)
 def server_database_url(request, tmp_path_factory):
     """A fresh database for one server: a temp SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('server')}/sessions.sqlite3"
-        return
-    admin_url = os.environ["TEST_DATABASE_URL"]
-    parts = urlsplit(admin_url)
-    name = f"{parts.path.lstrip('/')}_server_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(parts._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database(request.param, tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
