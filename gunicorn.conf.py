@@ -49,6 +49,15 @@ _request_threads = int(os.environ.get("GUNICORN_THREADS", "2"))
 # its FEED_WAITERS_MAX waiting slots on top of the threads for ordinary
 # requests; a waiter beyond the slots gets a 503 at once, so waiters can
 # never take the threads ordinary requests need.
+# Measured with benchmarks/feed.py (README.rst, Performance) on 2 cores
+# shared with other work (load average 7 to 11): with 1,000 long polls and
+# 100 streams held, gets kept 0.94x (SQLite) and 0.98x (PostgreSQL) of
+# their throughput alone, messages 0.73x and 1.04x; workers 54 to 61 MB;
+# idle, the 1,100 waiters cost the 4 workers 1.1 s of CPU per 10 s.
+# The gevent worker was not measured: it needs peewee's connection state
+# to be greenlet-local (peewee imported after the patch, which this file's
+# imports of the app prevent today), and a SQLite call would stop every
+# greenlet of its worker while it runs.
 threads = _request_threads + _settings["FEED_WAITERS_MAX"]
 # The watcher thread reads the feed with a pooled connection too.
 os.environ.setdefault("DATABASE_POOL_SIZE", str(_request_threads + 1))

@@ -188,7 +188,10 @@ def commit_to_waiter(wait_port, write_port, session_ids, samples):
         )
         thread.join()
         if status != 201 or not got["answer"][1]["changes"]:
-            raise RuntimeError(f"latency sample {n}: {status}, {got['answer']}")
+            raise RuntimeError(
+                f"latency sample {n}: {status}, {got['answer']} after "
+                f"{got['at'] - sent:.3f} s from the write"
+            )
         times.append((got["at"] - sent) * 1000)
     return times
 

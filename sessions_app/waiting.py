@@ -28,6 +28,7 @@ when all are taken gets a 503 with ``Retry-After`` at once.
 import atexit
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -394,13 +395,25 @@ def client_gone(environ):
     sock = environ.get("gunicorn.socket")
     if sock is None:
         return lambda: False
+    # poll, not select: a busy worker's descriptors go past select's 1,024.
+    # And not a bare recv: on a socket with a timeout, Python waits out the
+    # timeout for it (and a TimeoutError is not a closed connection).
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | _HANGUP)
 
     def gone():
-        try:
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except (BlockingIOError, InterruptedError):
+        events = poller.poll(0)
+        if not events:
             return False
+        if events[0][1] & _HANGUP:
+            return True
+        try:
+            # Readable: a peek answers at once, with data (a next request) or EOF.
+            return sock.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
 
     return gone
+
+
+_HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)

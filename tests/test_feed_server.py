@@ -191,6 +191,15 @@ def woken_across_instances(tmp_path, url):
     assert answer["waited"] < 20, "woken by the write, not by the end of the wait"
 
 
+def test_a_long_poll_over_http_waits_its_time_when_nothing_comes(tmp_path, database_url):
+    with serving(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY="1") as (base_url, _):
+        began = time.monotonic()
+        page = requests.get(f"{base_url}/api/changes?cursor=latest&wait=3", timeout=20).json()
+        waited = time.monotonic() - began
+    assert page == {"changes": [], "next_cursor": "0"}
+    assert 3 <= waited < 8
+
+
 def test_a_message_wait_is_woken_by_a_message_through_another_worker(tmp_path, database_url):
     with serving(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY="2") as (base_url, _):
         session = requests.post(f"{base_url}/api/sessions", json={"agent_id": "a"}).json()
@@ -263,24 +272,24 @@ def waiting_now(base_url):
 
 
 def test_waiters_that_disconnect_free_their_slots(tmp_path, database_url):
-    """1,000 long polls whose clients hang up, 100 at a time: no slot stays taken."""
+    """1,000 long polls whose clients hang up, 200 at a time: no slot stays taken."""
     with serving(
-        tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY="1", FEED_WAITERS_MAX="100"
+        tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY="1", FEED_WAITERS_MAX="200"
     ) as (base_url, _):
         host, port = base_url.removeprefix("http://").split(":")
         request = (
             f"GET /api/changes?cursor=latest&wait=60 HTTP/1.1\r\nHost: {host}\r\n\r\n"
         ).encode()
-        for _round in range(10):
+        for _round in range(5):
             clients = []
-            for _ in range(100):
+            for _ in range(200):
                 client = socket.create_connection((host, int(port)))
                 client.sendall(request)
                 clients.append(client)
             deadline = time.monotonic() + 20
-            while waiting_now(base_url) < 100 and time.monotonic() < deadline:
+            while waiting_now(base_url) < 200 and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert waiting_now(base_url) == 100
+            assert waiting_now(base_url) == 200
             for client in clients:
                 client.close()
             deadline = time.monotonic() + 10

@@ -138,9 +138,10 @@ def test_a_malformed_last_event_id_is_422_before_any_stream(streaming, api, valu
     assert_problem(response, invalid(**{"Last-Event-ID": ["Not an event id this service sent."]}))
 
 
-def test_a_last_event_id_past_the_feed_is_422(streaming, api):
+def test_a_last_event_id_past_the_feed_is_422(streaming, api, client):
     api.create()
-    response = open_stream(streaming, headers={"Last-Event-ID": "1000"})
+    newest = int(client.get("/api/changes?cursor=latest").get_json()["next_cursor"])
+    response = open_stream(streaming, headers={"Last-Event-ID": str(newest + 1)})
     assert_problem(response, invalid(**{"Last-Event-ID": ["Not a cursor this service issued."]}))
 
 
