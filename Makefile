@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run dev test fuzz lint migrate init-db bench clean
+.PHONY: run dev test fuzz lint migrate init-db bench bench-finding prune clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,3 +56,11 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .coverage *.egg-info
+
+## prune: delete the sessions past SESSION_RETENTION_SECONDS (PRUNE_ARGS=--dry-run to count only)
+prune: $(VENV)/.installed
+	$(BIN)/flask --app sessions_app prune $(PRUNE_ARGS)
+
+## bench-finding: writes before/after the finding indexes, counts at 100,000 sessions, prune under writers
+bench-finding: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.finding

@@ -1,21 +1,30 @@
 """Gunicorn settings for the Session API: every server setting lives here.
 
 Environment variables override the values marked so; README.rst lists them.
+
+The master imports no app code and none of Flask, peewee, psycopg or
+prometheus_client: only ``sessions_app.config``, ``.logs`` and ``.exposure``,
+which use the standard library (and orjson).  So each worker imports them
+itself, after its worker class set up (a gevent worker monkey-patches first),
+and no connection or lock made in the master crosses the fork.
 """
 
+import glob
 import os
+import subprocess
+import sys
 
 from gunicorn import glogging
 
-# Every worker writes its metrics here for /metrics to add up; it must be set
-# before sessions_app (and so prometheus_client) is imported below.
+from sessions_app import config as _config
+from sessions_app import logs as _logs
+
+# Every worker writes its metrics here for /metrics to add up; prometheus_client
+# reads it when a worker imports it.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus")
 
-from sessions_app.config import load as _load_settings  # noqa: E402
-from sessions_app.logs import dict_config as _log_config  # noqa: E402
-
 # Named with a leading underscore: Gunicorn reads every other name as a setting.
-_settings = _load_settings()
+_settings = _config.load()
 
 # BIND=unix:/run/sessions-app/gunicorn.sock behind nginx (deploy/).
 bind = [
@@ -38,11 +47,10 @@ group = os.environ.get("GUNICORN_GROUP") or None
 #   Fewer threads per process also wait less for the GIL while holding the
 #   SQLite write lock: creates 1,750/s vs 1,070/s.  GETs were the same;
 #   1 x 8 read 25 % less; 4 x 4 was no faster, with a worse p99.
-# One connection per thread (the pool size below): no request waits for one.
+# One connection per thread (DATABASE_POOL_SIZE's default): no request waits for one.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-threads = int(os.environ.get("GUNICORN_THREADS", "2"))
-os.environ.setdefault("DATABASE_POOL_SIZE", str(threads))
+threads = _settings["GUNICORN_THREADS"]
 
 # Clients (and nginx's upstream keepalive) reuse connections: closing each
 # one (keepalive = 0) cost GETs 28 % of their throughput.  5 s and 30 s
@@ -60,10 +68,10 @@ control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "var/gunicorn.ctl")
 # peer on a unix socket.
 secure_scheme_headers = {}
 
-# The app writes one line per request (sessions_app.logs), so no access log
+# The app writes one line per request (sessions_app.requestlog), so no access log
 # here; Gunicorn's own lines come out in the app's format, on stdout.
 accesslog = None
-logconfig_dict = _log_config(_settings["LOG_LEVEL"], _settings["LOG_FORMAT"])
+logconfig_dict = _logs.dict_config(_settings["LOG_LEVEL"], _settings["LOG_FORMAT"])
 
 
 class _NoAccessLogger(glogging.Logger):
@@ -83,27 +91,38 @@ logger_class = _NoAccessLogger
 
 
 def on_starting(server):
-    """Empty the metrics directory and create the tables, once, before any worker starts."""
-    from sessions_app import create_app, db, metrics, migrations
+    """Empty the metrics folder and bring the schema up to date, once, before any worker starts.
 
-    metrics.empty_multiprocess_dir()
-    create_app()
-    migrations.upgrade()
-    # No connection may cross the fork into the workers.
-    db.database.close_all()
+    The schema step runs in a process of its own, so the master loads
+    nothing of the app; if it fails, Gunicorn stops with its message.
+    """
+    _empty_metrics_folder(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    command = [sys.executable, "-m", "flask", "--app", "sessions_app", "init-db"]
+    try:
+        done = subprocess.run(command, check=True, stderr=subprocess.PIPE, text=True)
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"{' '.join(command[2:])} failed:\n{exc.stderr.strip()}") from None
+    sys.stderr.write(done.stderr)
+
+
+def _empty_metrics_folder(path):
+    # The numbers of a previous run's workers would be added to this run's.
+    os.makedirs(path, exist_ok=True)
+    for name in glob.glob(os.path.join(path, "*.db")):
+        os.remove(name)
 
 
 def when_ready(server):
     """Warn when the API listens beyond this machine with no token required."""
-    from sessions_app import auth
+    from sessions_app import exposure
 
-    warning = auth.exposure_warning(_settings, server.cfg.address)
+    warning = exposure.warning(_settings, server.cfg.address)
     if warning:
         server.log.warning(warning)
 
 
 def child_exit(server, worker):
-    """Tell prometheus_client a worker is gone, so its live gauges stop counting."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)
+    """Drop a gone worker's live gauges, as prometheus_client's mark_process_dead does."""
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for name in glob.glob(os.path.join(path, f"gauge_live*_{worker.pid}.db")):
+        os.remove(name)

@@ -1,44 +1,12 @@
-"""Session API: create, find, steer and message AI-agent sessions."""
+"""Session API: create, find, steer and message AI-agent sessions.
 
-from flask import Flask
-
-from . import (
-    auth,
-    config,
-    db,
-    errors,
-    health,
-    logs,
-    metrics,
-    migrations,
-    openapi,
-    proxy,
-    requestid,
-    views,
-)
-from .jsonio import OrjsonProvider
-
-
-class SessionsFlask(Flask):
-    json_provider_class = OrjsonProvider
+Importing the package loads nothing else: ``sessions_app.client`` (and the
+``sessions`` command) must run where Flask and peewee are not imported.
+"""
 
 
 def create_app(mapping=None):
     """Build the app: defaults, then the environment, then ``mapping``."""
-    app = SessionsFlask(__name__)
-    app.config.from_mapping(config.load(mapping))
-    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
-    # Before the database connects, so even a request it fails has an id,
-    # a log line, a count and a token check.
-    requestid.init_app(app)
-    logs.init_app(app)
-    metrics.init_app(app)
-    auth.init_app(app)
-    proxy.init_app(app)
-    db.init_app(app)
-    migrations.init_app(app)
-    errors.init_app(app)
-    app.register_blueprint(views.bp)
-    app.register_blueprint(health.bp)
-    openapi.init_app(app)  # last: it describes the routes registered above
-    return app
+    from .factory import create_app as build
+
+    return build(mapping)

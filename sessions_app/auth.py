@@ -1,22 +1,23 @@
 """Bearer tokens for ``/api``: read-write and read-only, compared in constant time.
 
-With no token configured the API is open (a warning says so at start when
+With no token configured the API is open (``exposure`` warns at start when
 the service listens beyond loopback).  ``/health`` and ``/metrics`` are
-always open: they carry no session data and monitors call them.  The API's
-own description (``/api/openapi.json``, ``/api/docs``) is open too: it holds
-no data, and a browser opening the docs cannot send a token.
+always open: they carry no session data and monitors call them.  Paths
+under ``/api`` that hold no data are left open by the module that serves
+them (``leave_open``): the API's description, which a browser opening the
+docs could not send a token for.
 """
 
 import hashlib
 import hmac
-import ipaddress
 
 from flask import current_app, request
 from werkzeug.exceptions import Forbidden, Unauthorized
 
 REALM = "sessions-api"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-OPEN_PATHS = ("/api/openapi.json", "/api/docs")
+_TOKENS = "sessions_app.tokens"
+_OPEN_PATHS = "sessions_app.open_paths"
 
 
 class TokenRequired(Unauthorized):
@@ -43,11 +44,23 @@ def parse_tokens(value):
     return [token.strip().encode() for token in value.split(",") if token.strip()]
 
 
-def _protected(path):
-    if path != "/api" and not path.startswith("/api/"):
+def required(app):
+    """Tell whether ``app`` asks for tokens at all (any is configured)."""
+    return _TOKENS in app.extensions
+
+
+def leave_open(app, path):
+    """Serve ``path``, and every path under it, without a token."""
+    app.extensions.setdefault(_OPEN_PATHS, []).append(path)
+
+
+def needs_token(app, path):
+    """Tell whether a request for ``path`` must carry one of ``app``'s tokens."""
+    if not required(app) or (path != "/api" and not path.startswith("/api/")):
         return False
     return not any(
-        path == open_path or path.startswith(open_path + "/") for open_path in OPEN_PATHS
+        path == open_path or path.startswith(open_path + "/")
+        for open_path in app.extensions.get(_OPEN_PATHS, ())
     )
 
 
@@ -69,12 +82,12 @@ def _matches(given, tokens):
 
 
 def _check():
-    if not _protected(request.path):
+    if not needs_token(current_app, request.path):
         return
     given = _bearer(request.headers.get("Authorization", ""))
     if given is None:
         raise TokenRequired()
-    read_write, read_only = current_app.extensions["sessions_app.tokens"]
+    read_write, read_only = current_app.extensions[_TOKENS]
     may_write = _matches(given, read_write)
     may_read = _matches(given, read_only)
     if may_write or (may_read and request.method in READ_METHODS):
@@ -96,45 +109,10 @@ def caller():
     return hashlib.sha256(b"sessions_app caller\0" + token).hexdigest()[:32]
 
 
-def exposure_warning(config, addresses):
-    """Return a warning when the API is open to more than this machine, else None.
-
-    ``addresses`` are Gunicorn's parsed binds: ``(host, port)`` pairs, or a
-    path for a unix socket, which exists for a proxy to publish.
-    """
-    if config["SESSIONS_API_TOKENS"].strip() or config["SESSIONS_API_READONLY_TOKENS"].strip():
-        return None
-    exposed = [_describe(address) for address in addresses if not _loopback(address)]
-    if not exposed:
-        return None
-    return (
-        f"SESSIONS_API_TOKENS is not set and the service listens on {', '.join(exposed)}: "
-        "anyone who can reach it can read and change every session."
-    )
-
-
-def _loopback(address):
-    if not isinstance(address, tuple):
-        return False
-    host = address[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _describe(address):
-    if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
-    return f"unix:{address}"
-
-
 def init_app(app):
     """Require a token on ``/api`` when any is configured."""
     read_write = parse_tokens(app.config["SESSIONS_API_TOKENS"])
     read_only = parse_tokens(app.config["SESSIONS_API_READONLY_TOKENS"])
     if read_write or read_only:
-        app.extensions["sessions_app.tokens"] = (read_write, read_only)
+        app.extensions[_TOKENS] = (read_write, read_only)
         app.before_request(_check)

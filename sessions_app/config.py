@@ -2,7 +2,8 @@
 
 Every setting is read when the app is created, never at import time.  Each
 name below is both an ``app.config`` key and the environment variable that
-sets it.
+sets it.  ``gunicorn.conf.py`` reads them here too: this module imports
+nothing but the standard library, so the Gunicorn master loads no app code.
 """
 
 import os
@@ -10,7 +11,9 @@ import os
 #: name -> (default, type); README.rst lists the same names in one table.
 SETTINGS = {
     "DATABASE_URL": ("sqlite:///var/sessions.sqlite3", str),
-    "DATABASE_POOL_SIZE": (8, int),
+    # None: one connection per thread of a Gunicorn worker, so no request
+    # waits for one.
+    "DATABASE_POOL_SIZE": (None, int),
     "DATABASE_POOL_TIMEOUT": (10, int),
     "SQLITE_BUSY_TIMEOUT_MS": (10_000, int),
     "MAX_BODY_BYTES": (1_048_576, int),
@@ -22,6 +25,9 @@ SETTINGS = {
     "SESSIONS_API_READONLY_TOKENS": ("", str),
     "LOG_LEVEL": ("INFO", str),
     "LOG_FORMAT": ("json", str),
+    "GUNICORN_THREADS": (2, int),
+    # Unset: no session expires (see retention.py).
+    "SESSION_RETENTION_SECONDS": (None, int),
     "IDEMPOTENCY_TTL_SECONDS": (86_400, int),
 }
 
@@ -48,7 +54,10 @@ def load(mapping=None, environ=None):
     config = {name: default for name, (default, _kind) in SETTINGS.items()}
     config.update(from_environ(environ))
     config.update(mapping or {})
+    if config["DATABASE_POOL_SIZE"] is None:
+        config["DATABASE_POOL_SIZE"] = config["GUNICORN_THREADS"]
     for name in (
+        "GUNICORN_THREADS",
         "DATABASE_POOL_SIZE",
         "MAX_BODY_BYTES",
         "SQLITE_BUSY_TIMEOUT_MS",
@@ -59,6 +68,11 @@ def load(mapping=None, environ=None):
     if config["LOG_FORMAT"] not in LOG_FORMATS:
         raise ValueError(
             f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {config['LOG_FORMAT']!r}"
+        )
+    retention = config["SESSION_RETENTION_SECONDS"]
+    if retention is not None and retention < 1:
+        raise ValueError(
+            f"SESSION_RETENTION_SECONDS must be at least 1 (or unset), not {retention}"
         )
     if config["TRUST_PROXY"] < 0:
         raise ValueError(f"TRUST_PROXY must be 0 (no proxy) or more, not {config['TRUST_PROXY']}")

@@ -1,8 +1,12 @@
 """The database: one proxy, bound when the app is created, pooled per worker.
 
-SQLite and PostgreSQL are both used through peewee's connection pools, so a
-request takes an open connection (pragmas already set) instead of opening
-one; ``teardown_request`` gives it back even when the view raised.
+SQLite and PostgreSQL are both used through peewee's connection pools.  Only
+code that talks to the database holds a connection, for as long as that
+takes: each model method runs in ``connected()``, which takes an open
+connection from the pool (pragmas already set) and gives it back when the
+method returns, before the response is sent.  A request that needs no data
+(``/metrics``, the API description, a 404) never touches the database, so it
+answers as usual while the database is down.
 """
 
 import fcntl
@@ -10,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 from peewee import DatabaseProxy, OperationalError
@@ -100,7 +105,10 @@ class WriterQueue:
     def _lock_file(self, deadline):
         if self._pid != os.getpid():
             flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-            self._fd, self._pid = os.open(self.path, flags, 0o660), os.getpid()
+            try:
+                self._fd, self._pid = os.open(self.path, flags, 0o660), os.getpid()
+            except OSError as exc:
+                raise OperationalError(f"cannot open the writer lock: {exc}") from exc
         pause = 0.00005
         while True:
             try:
@@ -113,12 +121,30 @@ class WriterQueue:
                 pause = min(pause * 2, 0.001)
 
     def release(self):
-        """Release the lock if this thread holds it; a second call does nothing."""
-        if getattr(self._held, "value", False):
-            self._held.value = False
-            if self.path is not None:
+        """Release the lock if this thread holds it; return whether it did.
+
+        A second call does nothing.  The thread lock is released even when
+        unlocking the file fails, so no thread of this process waits for a
+        turn that will never come.
+        """
+        if not getattr(self._held, "value", False):
+            return False
+        self._held.value = False
+        try:
+            if self.path is not None and self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
             self._threads.release()
+        return True
+
+    def close(self):
+        """Close the lock file, if this process opened it; the next writer opens it again."""
+        fd = self._fd
+        self._fd, self._pid = None, None
+        if fd is not None:
+            # A descriptor inherited across a fork is closed too: the lock it
+            # may carry belongs to the parent's open file, which keeps it.
+            os.close(fd)
 
 
 class QueuedSqliteDatabase(PooledSqliteDatabase):
@@ -157,25 +183,63 @@ class QueuedSqliteDatabase(PooledSqliteDatabase):
         finally:
             self.writers.release()
 
+    def close(self):
+        closed = super().close()
+        # A connection given back in the middle of a transaction that peewee
+        # did not open (a bare BEGIN) is rolled back by the pool, not through
+        # rollback() above: its turn to write ends here.
+        self.writers.release()
+        return closed
+
+    def close_all(self):
+        super().close_all()
+        self.writers.close()
+
+    def dispose(self):
+        super().dispose()
+        self.writers.close()
+
+
+@contextmanager
+def connected():
+    """Hold a connection for the block (or, as ``@connected()``, the function).
+
+    The connection is this thread's own if it already has one open (an outer
+    scope's, which this one leaves open), else one taken from the pool and
+    given back when the block ends, even when it raised.  A connection that
+    cannot be had raises ``OperationalError`` (a 503).
+    """
+    if not database.is_closed():
+        yield
+        return
+    # peewee's context counts nested scopes: a connection_context() opened
+    # inside this one leaves the connection to it.
+    with database.connection_context():
+        yield
+
+
+def ping():
+    """Run the cheapest query there is; raise if the database does not answer."""
+    with connected():
+        database.execute_sql("SELECT 1")
+
 
 def init_app(app):
-    """Bind the database to ``app``'s configuration and hook it into requests."""
+    """Bind the database to ``app``'s configuration; release a forgotten turn to write."""
     if database.obj is not None:
         # The proxy is shared by every app in the process: give back the
         # connections of the database it was bound to before.
         database.obj.close_all()
     database.initialize(make_database(app.config))
-    app.before_request(_connect)
-    app.teardown_request(_close)
+    app.teardown_request(_end_turn_to_write)
 
 
-def _connect():
-    database.connect(reuse_if_open=True)
-
-
-def _close(exc):
-    if not database.is_closed():
-        database.close()
+def _end_turn_to_write(exc):
+    # A backstop: a turn to write that outlived its transaction would make
+    # every later writer of this worker wait its full timeout, then fail.
+    writers = getattr(database.obj, "writers", None)
+    if writers is not None and writers.release():
+        logger.error("A turn to write was still held when the request ended; released it")
 
 
 def describe(db):

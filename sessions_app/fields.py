@@ -5,7 +5,7 @@ import re
 
 from marshmallow import ValidationError, fields, validate
 
-from .timefmt import format_us
+from .timefmt import NOT_RFC3339, format_us, parse_rfc3339_us
 
 #: How deep ``data`` may nest; deeper documents are refused, not truncated.
 MAX_JSON_DEPTH = 100
@@ -120,3 +120,35 @@ class Timestamp(fields.Field):
 
     def _serialize(self, value, attr, obj, **kwargs):
         return None if value is None else format_us(value)
+
+
+class QueryTimestamp(fields.Field):
+    """An RFC 3339 date-time from a query string, loaded as epoch microseconds."""
+
+    default_error_messages = {
+        "invalid": (
+            "Must be an RFC 3339 date-time with Z or an offset, such as 2024-01-16T10:00:00Z."
+        ),
+        "plus": "A '+' in a query string reads as a space: send the offset's '+' as %2B.",
+        "impossible": "Not a date-time that exists: {reason}.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        try:
+            return parse_rfc3339_us(value)
+        except ValueError as exc:
+            if str(exc) != NOT_RFC3339:
+                raise self.make_error("impossible", reason=exc) from None
+            if " " in value and _parses(value.replace(" ", "+")):
+                raise self.make_error("plus") from None
+            raise self.make_error("invalid") from None
+
+
+def _parses(text):
+    try:
+        parse_rfc3339_us(text)
+    except ValueError:
+        return False
+    return True

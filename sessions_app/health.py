@@ -2,12 +2,12 @@
 
 from flask import Blueprint
 
-from .db import database
+from . import db
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/health")
 def health():
-    database.execute_sql("SELECT 1")
+    db.ping()
     return {"status": "ok"}

@@ -38,7 +38,7 @@ from peewee import PostgresqlDatabase, Tuple
 
 from . import auth, jsonio
 from .conditional import ETAG, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED
-from .db import database
+from .db import connected, database
 from .errors import KeyInFlight, KeyReused
 from .models import IdempotencyKey
 from .prepared import Prepared
@@ -86,7 +86,7 @@ def once(key, body, act):
     if key is None:
         return act()
     scope, signed, now = auth.caller(), fingerprint(body), now_us()
-    with _held(scope, key), database.transaction():
+    with _held(scope, key), connected(), database.transaction():
         stored = _claim(scope, key, now)
         if stored is not None:
             return _replay(stored, signed)

@@ -21,7 +21,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from . import logs
+from . import requestlog
 
 bp = Blueprint("metrics", __name__)
 
@@ -47,6 +47,17 @@ MESSAGES_STORED = Counter(
     ["role"],
 )
 
+PRUNED = Counter(
+    "sessions_pruned",
+    "Rows deleted by the prune command (flask --app sessions_app prune), by kind.",
+    ["what"],
+)
+PRUNE_RUNS = Counter(
+    "sessions_prune_runs",
+    "Runs of the prune command, by outcome: ok, dry-run or error.",
+    ["outcome"],
+)
+
 # A client chooses the method; only these become label values, so a client
 # cannot grow the number of series without bound (unmatched paths likewise
 # share one route label).
@@ -58,7 +69,7 @@ def _count(response):
     method = request.method if request.method in _METHODS else "OTHER"
     route = request.url_rule.rule if request.url_rule else _UNMATCHED
     REQUESTS.labels(method, route, str(response.status_code)).inc()
-    LATENCY.labels(method, route).observe(logs.elapsed())
+    LATENCY.labels(method, route).observe(requestlog.elapsed())
     return response
 
 
@@ -73,15 +84,6 @@ def _registry():
 @bp.get("/metrics")
 def scrape():
     return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
-
-
-def empty_multiprocess_dir():
-    """Create ``PROMETHEUS_MULTIPROC_DIR`` or remove the files a previous run left in it."""
-    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    os.makedirs(path, exist_ok=True)
-    for name in os.listdir(path):
-        if name.endswith(".db"):
-            os.remove(os.path.join(path, name))
 
 
 def init_app(app):

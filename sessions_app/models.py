@@ -8,6 +8,7 @@ of a session raises its ``version`` in the statement that makes the change.
 
 import json
 import logging
+from functools import partial
 
 from peewee import (
     SQL,
@@ -19,16 +20,20 @@ from peewee import (
     IntegerField,
     Model,
     TextField,
+    Tuple,
+    Value,
+    fn,
 )
 
 from . import jsonio, metrics
 from .conditional import check_if_match
-from .db import database
+from .db import connected, database
 from .errors import SessionNotFound, StatusConflict
-from .ids import new_message_id, new_session_id
+from .ids import first_session_id, last_session_id, new_message_id, new_session_id
 from .merge_patch import merge_patch
+from .paging import ORDERS, SORTS
 from .prepared import Prepared
-from .states import ACTIVE, CREATED, FINAL_STATUSES, MESSAGE_STATUS, can_move
+from .states import ACTIVE, CREATED, FINAL_STATUSES, MESSAGE_STATUS, STATUSES, can_move
 from .timefmt import now_us
 
 logger = logging.getLogger(__name__)
@@ -56,8 +61,12 @@ class BaseModel(Model):
 class Session(BaseModel):
     """An agent's session.
 
-    Ids are time-ordered, so the primary key is also the creation order; each
-    list filter has an index ending in ``id`` so that a page is one range scan.
+    Ids are time-ordered, so the primary key is also the creation order, and
+    a window on ``created_at`` is a range of ids.  Each list filter has an
+    index ending in ``id`` (newest or oldest created first) and one ending in
+    ``(last_active, id)`` (most or least recently active first), so that a
+    page in either sort is one range scan; ``(status, last_active, id)`` is
+    also how prune finds expired sessions.
     """
 
     id = CharField(primary_key=True, max_length=40)
@@ -68,6 +77,7 @@ class Session(BaseModel):
     data = JSONTextField()
     created_at = BigIntegerField()
     last_active = BigIntegerField()
+    status_changed_at = BigIntegerField()
     message_count = IntegerField()
     # DEFAULT 1 in the table too: rows that predate versions are at version 1.
     version = IntegerField(default=1, constraints=[SQL("DEFAULT 1")])
@@ -79,9 +89,14 @@ class Session(BaseModel):
             (("agent_id", "id"), False),
             (("task_id", "id"), False),
             (("status", "id"), False),
+            (("last_active", "id"), False),
+            (("agent_id", "last_active", "id"), False),
+            (("task_id", "last_active", "id"), False),
+            (("status", "last_active", "id"), False),
         )
 
     @classmethod
+    @connected()
     def open(cls, agent_id, task_id=None, prompt=None, data=None):
         """Store a new session and return it as a dict."""
         now = now_us()
@@ -94,6 +109,7 @@ class Session(BaseModel):
             "data": {} if data is None else data,
             "created_at": now,
             "last_active": now,
+            "status_changed_at": now,
             "message_count": 0,
             "version": 1,
         }
@@ -106,6 +122,7 @@ class Session(BaseModel):
         return row
 
     @classmethod
+    @connected()
     def fetch(cls, session_id):
         """Return the session as a dict, or raise ``SessionNotFound``."""
         rows = _session_by_id.rows(session_id=session_id)
@@ -114,6 +131,7 @@ class Session(BaseModel):
         return rows[0]
 
     @classmethod
+    @connected()
     def version_of(cls, session_id):
         """Return the session's version, or raise ``SessionNotFound``; reads nothing else."""
         rows = _version_by_id.execute(session_id=session_id).fetchall()
@@ -122,40 +140,55 @@ class Session(BaseModel):
         return rows[0][0]
 
     @classmethod
-    def page(cls, limit, cursor=None, agent_id=None, task_id=None, status=None):
-        """Return up to ``limit + 1`` summaries, newest first, after ``cursor``."""
+    @connected()
+    def page(cls, limit, sort="created_at", order="desc", status=None, **filters):
+        """Return up to ``limit + 1`` summaries in ``sort``/``order``, after the cursor.
+
+        ``status`` is a tuple of statuses; ``filters``: ``agent_id``,
+        ``task_id``, the time windows and the cursor's position
+        (``cursor_at``, ``cursor_id``), as ``SessionListQuerySchema`` loads them.
+        """
+        if sort == "created_at":
+            # Only in this sort: a range of ids is then the range the page
+            # scans; in the other it would tempt the planner off the index
+            # that gives the order.
+            filters = _with_id_bounds(filters)
         if not status or len(status) == 1:
-            return _session_page.rows(
-                limit=limit + 1,
-                agent_id=agent_id,
-                task_id=task_id,
-                cursor=cursor,
-                status=status[0] if status else None,
+            return _session_pages[sort, order].rows(
+                limit=limit + 1, status=status[0] if status else None, **filters
             )
-        fields = (
-            cls.id,
-            cls.agent_id,
-            cls.task_id,
-            cls.status,
-            cls.created_at,
-            cls.last_active,
-            cls.message_count,
-        )
-        query = cls.select(*fields)
-        for field, value in ((cls.agent_id, agent_id), (cls.task_id, task_id), (cls.id, cursor)):
-            if value is not None:
-                query = query.where(field < value if field is cls.id else field == value)
-        # One range scan per status on (…, status, id), merged; an IN list
+        # One range scan per status on (…, status, …), merged; an IN list
         # would read every matching row and sort them all.
-        parts = [
-            query.where(cls.status == s).order_by(cls.id.desc()).limit(limit + 1) for s in status
-        ]
+        parts = [_session_page_query(sort, order, limit + 1, status=s, **filters) for s in status]
         union = parts[0]
         for part in parts[1:]:
             union = union + part
-        return list(union.order_by(cls.id.desc()).limit(limit + 1).dicts())
+        return list(union.order_by(*_sort_keys(sort, order)).limit(limit + 1).dicts())
 
     @classmethod
+    @connected()
+    def count_by_status(cls, status=None, **filters):
+        """Return ``{status: count}`` of the sessions that match, every status present.
+
+        One count per status, in one query: each is a range of an index that
+        begins with (or follows ``agent_id`` with) the status, which PostgreSQL
+        reads without the table and SQLite without decoding rows; a GROUP BY
+        over the whole set took half as long again.
+        """
+        filters = _with_id_bounds(filters)
+        parts = [
+            _filtered(cls.select(Value(s).alias("status"), fn.COUNT(SQL("*"))), status=s, **filters)
+            for s in status or STATUSES
+        ]
+        query = parts[0]
+        for part in parts[1:]:
+            query = query + part
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update(query.tuples())
+        return counts
+
+    @classmethod
+    @connected()
     def change(cls, session_id, patch, if_match=None):
         """Apply a validated PATCH body and return the session after it.
 
@@ -176,6 +209,8 @@ class Session(BaseModel):
             changes = _changes(row, patch)
             if changes:
                 changes["last_active"] = now_us()
+                if "status" in changes:
+                    changes["status_changed_at"] = changes["last_active"]
                 query = cls.update({**changes, cls.version: cls.version + 1})
                 versions = query.where(cls.id == session_id).returning(cls.version).tuples()
                 row.update(changes, version=versions.execute()[0][0])
@@ -184,6 +219,7 @@ class Session(BaseModel):
         return row
 
     @classmethod
+    @connected()
     def remove(cls, session_id, if_match=None):
         """Delete the session and its messages, or raise ``SessionNotFound``.
 
@@ -231,7 +267,9 @@ class Message(BaseModel):
     ``(session_id, seq)`` orders them exactly and a page is one range scan.
     """
 
-    session = ForeignKeyField(Session, column_name="session_id", on_delete="CASCADE")
+    # No index of its own: the primary key (session_id, seq) serves every
+    # look-up by session, the cascade of a delete included.
+    session = ForeignKeyField(Session, column_name="session_id", on_delete="CASCADE", index=False)
     seq = IntegerField()
     message_id = CharField(max_length=40)
     role = CharField(max_length=16)
@@ -243,6 +281,7 @@ class Message(BaseModel):
         primary_key = CompositeKey("session", "seq")
 
     @classmethod
+    @connected()
     def send(cls, session_id, content, role):
         """Store a message and count it on its session, in one transaction."""
         with database.transaction():
@@ -268,9 +307,14 @@ class Message(BaseModel):
         }
 
     @classmethod
-    def page(cls, session_id, limit, after=0):
-        """Return up to ``limit + 1`` messages of a session, oldest first."""
-        rows = _message_page.rows(session_id=session_id, after=after, limit=limit + 1)
+    @connected()
+    def page(cls, session_id, limit, cursor=None, order="asc"):
+        """Return up to ``limit + 1`` messages of a session in ``order``, after ``cursor``.
+
+        ``cursor`` is a ``seq``: oldest first the page starts after it,
+        newest first before it.
+        """
+        rows = _message_pages[order].rows(session_id=session_id, cursor=cursor, limit=limit + 1)
         if not rows and not Session.select().where(Session.id == session_id).exists():
             raise SessionNotFound(session_id)
         return rows
@@ -285,9 +329,18 @@ def _refuse_message(session_id):
 
 # -- the hot statements, generated once per database (see prepared.py) -------
 
-_session_by_id = Prepared(
-    lambda session_id: Session.select().where(Session.id == session_id),
-    convert={"data": Session.data.python_value},
+_session_by_id = Prepared(lambda session_id: Session.select().where(Session.id == session_id))
+
+
+_SUMMARY_FIELDS = (
+    Session.id,
+    Session.agent_id,
+    Session.task_id,
+    Session.status,
+    Session.created_at,
+    Session.last_active,
+    Session.status_changed_at,
+    Session.message_count,
 )
 
 
@@ -296,16 +349,25 @@ _version_by_id = Prepared(
 )
 
 
-def _session_page_query(limit, agent_id=None, task_id=None, cursor=None, status=None):
-    query = Session.select(
-        Session.id,
-        Session.agent_id,
-        Session.task_id,
-        Session.status,
-        Session.created_at,
-        Session.last_active,
-        Session.message_count,
-    )
+def _filtered(
+    query,
+    agent_id=None,
+    task_id=None,
+    status=None,
+    created_after=None,
+    created_before=None,
+    active_after=None,
+    active_before=None,
+    first_id=None,
+    last_id=None,
+):
+    """Add the list filters that are given to ``query``.
+
+    ``first_id``/``last_id``
+    bound the ids to the ``created_at`` window (ids are time-ordered), so a
+    window on the creation time is a range of an index ending in ``id``;
+    ``created_at`` itself is compared too, so results never depend on it.
+    """
     for field, value in (
         (Session.agent_id, agent_id),
         (Session.task_id, task_id),
@@ -313,12 +375,52 @@ def _session_page_query(limit, agent_id=None, task_id=None, cursor=None, status=
     ):
         if value is not None:
             query = query.where(field == value)
-    if cursor is not None:
-        query = query.where(Session.id < cursor)
-    return query.order_by(Session.id.desc()).limit(limit)
+    for condition, value in (
+        (Session.created_at > created_after, created_after),
+        (Session.created_at <= created_before, created_before),
+        (Session.last_active > active_after, active_after),
+        (Session.last_active <= active_before, active_before),
+        (Session.id >= first_id, first_id),
+        (Session.id <= last_id, last_id),
+    ):
+        if value is not None:
+            query = query.where(condition)
+    return query
 
 
-_session_page = Prepared(_session_page_query)
+def _with_id_bounds(filters):
+    """Add the ids that bound a window on ``created_at`` to ``filters``."""
+    bounds = {}
+    if filters.get("created_after") is not None:
+        bounds["first_id"] = first_session_id(filters["created_after"] + 1)
+    if filters.get("created_before") is not None:
+        bounds["last_id"] = last_session_id(filters["created_before"])
+    return {**filters, **bounds}
+
+
+def _sort_keys(sort, order):
+    keys = (Session.id,) if sort == "created_at" else (Session.last_active, Session.id)
+    return [key.desc() if order == "desc" else key.asc() for key in keys]
+
+
+def _session_page_query(sort, order, limit, cursor_at=None, cursor_id=None, **filters):
+    query = _filtered(Session.select(*_SUMMARY_FIELDS), **filters)
+    if cursor_id is not None:
+        after = (lambda a, b: a < b) if order == "desc" else (lambda a, b: a > b)
+        if sort == "created_at":
+            query = query.where(after(Session.id, cursor_id))
+        else:
+            query = query.where(
+                after(Tuple(Session.last_active, Session.id), Tuple(cursor_at, cursor_id))
+            )
+    return query.order_by(*_sort_keys(sort, order)).limit(limit)
+
+
+_session_pages = {
+    (sort, order): Prepared(partial(_session_page_query, sort, order))
+    for sort in SORTS
+    for order in ORDERS
+}
 
 _count_message = Prepared(
     lambda session_id, now: (
@@ -327,6 +429,9 @@ _count_message = Prepared(
             version=Session.version + 1,
             last_active=now,
             status=Case(None, [(Session.status == CREATED, ACTIVE)], Session.status),
+            status_changed_at=Case(
+                None, [(Session.status == CREATED, now)], Session.status_changed_at
+            ),
         )
         .where((Session.id == session_id) & Session.status.not_in(FINAL_STATUSES))
         .returning(Session.message_count)
@@ -344,21 +449,26 @@ _store_message = Prepared(
     )
 )
 
-_message_page = Prepared(
-    lambda session_id, after, limit: (
-        Message.select(
-            Message.message_id,
-            Message.session.alias("session_id"),
-            Message.role,
-            Message.content,
-            Message.seq,
-            Message.timestamp,
-        )
-        .where((Message.session == session_id) & (Message.seq > after))
-        .order_by(Message.seq)
-        .limit(limit)
-    )
-)
+
+def _message_page_query(order, session_id, limit, cursor=None):
+    query = Message.select(
+        Message.message_id,
+        Message.session.alias("session_id"),
+        Message.role,
+        Message.content,
+        Message.seq,
+        Message.timestamp,
+    ).where(Message.session == session_id)
+    if order == "asc":
+        if cursor is not None:
+            query = query.where(Message.seq > cursor)
+        return query.order_by(Message.seq).limit(limit)
+    if cursor is not None:
+        query = query.where(Message.seq < cursor)
+    return query.order_by(Message.seq.desc()).limit(limit)
+
+
+_message_pages = {order: Prepared(partial(_message_page_query, order)) for order in ORDERS}
 
 
 class IdempotencyKey(BaseModel):

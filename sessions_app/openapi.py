@@ -17,7 +17,15 @@ from flask_swagger_ui import get_swaggerui_blueprint
 from marshmallow import fields as ma_fields
 
 from . import auth, conditional, idempotency, jsonio, schemas
-from .fields import MAX_JSON_DEPTH, CommaList, JSONObject, NotBlank, Text, Timestamp
+from .fields import (
+    MAX_JSON_DEPTH,
+    CommaList,
+    JSONObject,
+    NotBlank,
+    QueryTimestamp,
+    Text,
+    Timestamp,
+)
 from .ids import SESSION_ID_PATTERN
 from .parsing import load_query
 
@@ -100,12 +108,24 @@ OPERATIONS = {
     ("GET", "/api/sessions"): Operation(
         "list_sessions",
         "List sessions, newest first",
-        "Filter by agent, task or status (several statuses separated by commas). "
-        "Pages hold `limit` sessions; pass `next_cursor` back as `cursor` for the "
-        "next page, until it is null.",
+        "Filter by agent, task or status (several statuses separated by commas) and "
+        "by time windows on `created_at` and `last_active` (`…_after` exclusive, "
+        "`…_before` inclusive); sort by `created_at` or `last_active`, `desc` or "
+        "`asc`. Pages hold `limit` sessions; pass `next_cursor` back as `cursor` "
+        "(with the same sort and order) for the next page, until it is null.",
         200,
         schemas.SessionListSchema,
         query=schemas.SessionListQuerySchema,
+        errors=(400, 422, 503),
+    ),
+    ("GET", "/api/sessions/count"): Operation(
+        "count_sessions",
+        "Count sessions, in total and by status",
+        "Takes the filters of the list (not its paging or order); every status "
+        "is in `by_status`, with 0 when none matches.",
+        200,
+        schemas.SessionCountSchema,
+        query=schemas.SessionFilterQuerySchema,
         errors=(400, 422, 503),
     ),
     ("POST", "/api/sessions"): Operation(
@@ -165,8 +185,9 @@ OPERATIONS = {
     ("GET", "/api/sessions/{session_id}/messages"): Operation(
         "list_messages",
         "List a session's messages, oldest first",
-        "Pages hold `limit` messages; pass `next_cursor` back as `cursor` for the "
-        "next page, until it is null.",
+        "`order=desc` lists them newest first. Pages hold `limit` messages; pass "
+        "`next_cursor` back as `cursor` (with the same order) for the next page, "
+        "until it is null.",
         200,
         schemas.MessageListSchema,
         query=schemas.MessageListQuerySchema,
@@ -214,6 +235,7 @@ OUT_SCHEMAS = {
     "SessionSummary": schemas.SessionSummarySchema,
     "Session": schemas.SessionSchema,
     "SessionList": schemas.SessionListSchema,
+    "SessionCount": schemas.SessionCountSchema,
     "MessageReceipt": schemas.MessageReceiptSchema,
     "Message": schemas.MessageSchema,
     "MessageList": schemas.MessageListSchema,
@@ -353,24 +375,22 @@ def _custom_field_properties(self, field, **kwargs):
 # -- building the document ---------------------------------------------------
 
 
-def build_document(url_map, secured=False):
-    """Return the OpenAPI document for the routes in ``url_map``.
-
-    ``secured``: the service requires a bearer token on its ``/api`` data.
-    """
-    routes = routes_of(url_map)
+def build_document(app):
+    """Return the OpenAPI document for ``app``'s routes and its token rules."""
+    routes = routes_of(app.url_map)
     plugin = MarshmallowPlugin()
     spec = APISpec(TITLE, VERSION, "3.1.0", plugins=[plugin], info={"description": DESCRIPTION})
     plugin.map_to_openapi_type(Timestamp, "string", "date-time")
+    plugin.map_to_openapi_type(QueryTimestamp, "string", "date-time")
     plugin.converter.add_attribute_function(_custom_field_properties)
     _add_components(spec)
-    if secured:
+    if auth.required(app):
         spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     paths = {}
     for (method, path), operation in OPERATIONS.items():
         if (method, path) in routes:
             document = _operation(operation)
-            if secured and path.startswith("/api/") and not path.startswith(auth.OPEN_PATHS):
+            if auth.needs_token(app, path):
                 _require_token(document, method)
             paths.setdefault(path, {})[method.lower()] = document
     for path, operations in paths.items():
@@ -499,5 +519,7 @@ def init_app(app):
     docs.before_request(_reject_query)
     app.register_blueprint(bp)
     app.register_blueprint(docs)
-    secured = "sessions_app.tokens" in app.extensions  # set by auth.init_app
-    app.extensions["openapi"] = jsonio.dumps(build_document(app.url_map, secured))
+    # No data here, and a browser opening the docs cannot send a token.
+    auth.leave_open(app, DOCUMENT_PATH)
+    auth.leave_open(app, DOCS_PATH)
+    app.extensions["openapi"] = jsonio.dumps(build_document(app))

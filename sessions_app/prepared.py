@@ -10,6 +10,8 @@ that goes there (or the query's own constant).  Later calls only run the SQL.
 
 import weakref
 
+from peewee import Alias, CharField, Field, ForeignKeyField, IntegerField, TextField
+
 from .db import database
 
 
@@ -19,40 +21,58 @@ class Prepared:
     ``build`` receives a marker in place of each value that is not None, and
     None for the others.  A value must reach the SQL as a parameter, as it
     is: text and integer fields pass a marker through unchanged (an integer
-    field keeps what ``int()`` refuses).  ``convert`` maps a column name to
-    the function that turns its stored value into Python's.
+    field keeps what ``int()`` refuses).  A list is refused: its length
+    would change the SQL.  Each column a row returns is turned into Python's
+    value by its field (see ``_converters``).
     """
 
-    def __init__(self, build, convert=None):
+    def __init__(self, build):
         self.build = build
-        self.convert = dict(convert or {})
-        self._compiled = weakref.WeakKeyDictionary()  # database -> {shape: (sql, slots)}
+        # database -> {shape: (sql, slots, converters)}
+        self._compiled = weakref.WeakKeyDictionary()
 
     def execute(self, **values):
         """Run the query with ``values``; return the cursor."""
-        db = database.obj
-        shape = tuple(name for name, value in values.items() if value is not None)
-        compiled = self._compiled.setdefault(db, {})
-        if shape not in compiled:
-            compiled[shape] = self._generate(shape)
-        sql, slots = compiled[shape]
-        return db.execute_sql(sql, [values[name] if name else const for name, const in slots])
+        return self._run(values)[0]
 
     def rows(self, **values):
         """Run the query; return its rows as dicts."""
-        cursor = self.execute(**values)
+        cursor, converters = self._run(values)
         names = [column[0] for column in cursor.description]
         rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        for name, convert in self.convert.items():
+        for name, convert in converters.items():
             for row in rows:
                 row[name] = convert(row[name])
         return rows
+
+    def _run(self, values):
+        db, (sql, slots, converters) = self._compile(values)
+        params = [values[name] if name else const for name, const in slots]
+        return db.execute_sql(sql, params), converters
+
+    def _compile(self, values):
+        shape = []
+        for name, value in values.items():
+            if isinstance(value, list | tuple | set | frozenset | dict):
+                raise TypeError(
+                    f"{name}: a prepared query takes one value per parameter, "
+                    f"not a {type(value).__name__}"
+                )
+            if value is not None:
+                shape.append(name)
+        db = database.obj
+        compiled = self._compiled.setdefault(db, {})
+        shape = tuple(shape)
+        if shape not in compiled:
+            compiled[shape] = self._generate(shape)
+        return db, compiled[shape]
 
     def _generate(self, shape):
         # A NUL never gets past the fields that take text from a client, so
         # no real value can be mistaken for a marker.
         markers = {name: f"\x00{name}\x00" for name in shape}
-        sql, params = self.build(**markers).sql()
+        query = self.build(**markers)
+        sql, params = query.sql()
         names = {marker: name for name, marker in markers.items()}
         slots = [
             (names[p], None) if isinstance(p, str) and p in names else (None, p) for p in params
@@ -60,4 +80,26 @@ class Prepared:
         missing = set(shape) - {name for name, _ in slots}
         if missing:
             raise ValueError(f"values not used as parameters: {', '.join(sorted(missing))}")
-        return sql, slots
+        return sql, slots, _converters(query)
+
+
+def _converters(query):
+    """Map each returned column that needs it to its field's ``python_value``.
+
+    The drivers already return text and integers as Python's: a text or
+    integer field that does not change ``python_value`` needs no call per
+    row.  Any other field (JSON kept as text, a date, a boolean on SQLite)
+    converts what it returns.
+    """
+    converters = {}
+    for node in getattr(query, "_returning", None) or ():
+        name, field = (node._alias, node.node) if isinstance(node, Alias) else (None, node)
+        if not isinstance(field, Field):
+            continue  # an expression: returned as the database gives it
+        name = name or field.column_name
+        if isinstance(field, ForeignKeyField):
+            field = field.rel_field
+        plain = isinstance(field, CharField | TextField | IntegerField)
+        if not (plain and type(field).python_value is Field.python_value):
+            converters[name] = field.python_value
+    return converters

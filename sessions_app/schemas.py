@@ -3,12 +3,13 @@
 Every In schema rejects unknown keys (marshmallow's default, RAISE).
 """
 
-from marshmallow import INCLUDE, Schema, fields, validate
+from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, validate
 
 from . import states
 from .dumping import dumper
-from .fields import CommaList, JSONObject, NotBlank, QueryInt, Text, Timestamp
+from .fields import CommaList, JSONObject, NotBlank, QueryInt, QueryTimestamp, Text, Timestamp
 from .ids import MESSAGE_ID_PATTERN, SESSION_ID_PATTERN
+from .paging import ORDERS, SORTS, CursorError, session_position
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -52,7 +53,9 @@ class SessionUpdateSchema(Schema):
     prompt = Text(allow_none=True, **_about("Replaces the prompt; null clears it."))
 
 
-class SessionListQuerySchema(Schema):
+class SessionFilterQuerySchema(Schema):
+    """The filters of the session list and of the count."""
+
     agent_id = Text(**_name, **_about("Only sessions of this agent (exact match)."))
     # A session may have the task "" (only agent_id must not be blank), so
     # the filter takes "" too: it finds exactly those sessions.
@@ -63,11 +66,41 @@ class SessionListQuerySchema(Schema):
         states.STATUSES,
         **_about("Only sessions in this status, or in any of several: active,paused."),
     )
-    limit = QueryInt(**_limit, **_about("Sessions per page."))
-    cursor = Text(
-        validate=validate.Regexp(f"^{SESSION_ID_PATTERN}$", error=_not_issued),
-        **_about("The next_cursor of the previous page."),
+    created_after = QueryTimestamp(**_about("Only sessions created after this instant."))
+    created_before = QueryTimestamp(**_about("Only sessions created at or before this instant."))
+    active_after = QueryTimestamp(
+        **_about("Only sessions whose last_active is after this instant.")
     )
+    active_before = QueryTimestamp(
+        **_about("Only sessions whose last_active is at or before this instant.")
+    )
+
+
+class SessionListQuerySchema(SessionFilterQuerySchema):
+    sort = fields.String(
+        load_default=SORTS[0],
+        validate=validate.OneOf(SORTS),
+        **_about("created_at: by creation; last_active: by the latest change or message."),
+    )
+    order = fields.String(
+        load_default=ORDERS[0],
+        validate=validate.OneOf(ORDERS),
+        **_about("desc: newest first; asc: oldest first."),
+    )
+    limit = QueryInt(**_limit, **_about("Sessions per page."))
+    cursor = Text(**_about("The next_cursor of the previous page (same sort and order)."))
+
+    @post_load
+    def _position(self, query, **_kwargs):
+        """Turn the cursor into the position it continues from."""
+        cursor = query.pop("cursor", None)
+        if cursor is not None:
+            try:
+                at, session_id = session_position(cursor, query["sort"], query["order"])
+            except CursorError as exc:
+                raise ValidationError(str(exc), field_name="cursor") from None
+            query.update(cursor_at=at, cursor_id=session_id)
+        return query
 
 
 class MessageCreateSchema(Schema):
@@ -83,9 +116,14 @@ class MessageCreateSchema(Schema):
 
 class MessageListQuerySchema(Schema):
     limit = QueryInt(**_limit, **_about("Messages per page."))
+    order = fields.String(
+        load_default="asc",
+        validate=validate.OneOf(("asc", "desc")),
+        **_about("asc: oldest first; desc: newest first (the last messages)."),
+    )
     cursor = QueryInt(
         validate=validate.Range(1, 2**31 - 1, error=_not_issued),
-        **_about("The next_cursor of the previous page."),
+        **_about("The next_cursor of the previous page; it continues in the same order."),
     )
 
 
@@ -108,6 +146,7 @@ class SessionSummarySchema(Schema):
     created_at = Timestamp()
     last_active = Timestamp()
     message_count = fields.Integer()
+    status_changed_at = Timestamp()
 
 
 class SessionSchema(SessionSummarySchema):
@@ -125,6 +164,16 @@ class SessionSchema(SessionSummarySchema):
 class SessionListSchema(Schema):
     sessions = fields.List(fields.Nested(SessionSummarySchema))
     next_cursor = fields.String(allow_none=True)
+
+
+StatusCountsSchema = Schema.from_dict(
+    {status: fields.Integer() for status in states.STATUSES}, name="StatusCountsSchema"
+)
+
+
+class SessionCountSchema(Schema):
+    count = fields.Integer()
+    by_status = fields.Nested(StatusCountsSchema)
 
 
 class MessageReceiptSchema(Schema):
@@ -170,17 +219,20 @@ class ValidationProblemSchema(ProblemSchema):
 session_create_schema = SessionCreateSchema()
 session_update_schema = SessionUpdateSchema()
 session_list_query_schema = SessionListQuerySchema()
+session_count_query_schema = SessionFilterQuerySchema()
 message_create_schema = MessageCreateSchema()
 message_list_query_schema = MessageListQuerySchema()
 no_query_schema = NoQuerySchema()
 
 session_schema = SessionSchema()
 session_list_schema = SessionListSchema()
+session_count_schema = SessionCountSchema()
 message_receipt_schema = MessageReceiptSchema()
 message_list_schema = MessageListSchema()
 
 # What the views dump with: the Out schemas above, planned once (see dumping.py).
 dump_session = dumper(session_schema)
 dump_session_list = dumper(session_list_schema)
+dump_session_count = dumper(session_count_schema)
 dump_message_receipt = dumper(message_receipt_schema)
 dump_message_list = dumper(message_list_schema)

@@ -1,5 +1,7 @@
 """The session endpoints: one blueprint, each view load → act → dump."""
 
+from functools import partial
+
 from flask import Blueprint, current_app, url_for
 from werkzeug.routing import BaseConverter
 
@@ -14,16 +16,18 @@ from .conditional import (
 )
 from .ids import SESSION_ID_PATTERN
 from .models import Message, Session
-from .paging import cut_page
+from .paging import cut_page, session_cursor
 from .parsing import load_json, load_query, read_json
 from .schemas import (
     dump_message_list,
     dump_message_receipt,
     dump_session,
+    dump_session_count,
     dump_session_list,
     message_create_schema,
     message_list_query_schema,
     no_query_schema,
+    session_count_query_schema,
     session_create_schema,
     session_list_query_schema,
     session_update_schema,
@@ -47,8 +51,15 @@ def _add_converter(state):
 def list_sessions():
     query = load_query(session_list_query_schema)
     rows = Session.page(**query)
-    sessions, next_cursor = cut_page(rows, query["limit"], lambda row: row["id"])
+    cursor_of = partial(session_cursor, query["sort"], query["order"])
+    sessions, next_cursor = cut_page(rows, query["limit"], cursor_of)
     return dump_session_list({"sessions": sessions, "next_cursor": next_cursor})
+
+
+@bp.get("/sessions/count")
+def count_sessions():
+    by_status = Session.count_by_status(**load_query(session_count_query_schema))
+    return dump_session_count({"count": sum(by_status.values()), "by_status": by_status})
 
 
 @bp.post("/sessions")
@@ -118,6 +129,6 @@ def _no_content():
 @bp.get("/sessions/<session_id:session_id>/messages")
 def list_messages(session_id):
     query = load_query(message_list_query_schema)
-    rows = Message.page(session_id, query["limit"], query.get("cursor", 0))
+    rows = Message.page(session_id, query["limit"], query.get("cursor"), query["order"])
     messages, next_cursor = cut_page(rows, query["limit"], lambda row: str(row["seq"]))
     return dump_message_list({"messages": messages, "next_cursor": next_cursor})

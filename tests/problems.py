@@ -33,7 +33,17 @@ SEED_FULL_KEYS = {
     "message_count",
     "data",
 }
-SUMMARY_KEYS = {"id", "agent_id", "task_id", "status", "created_at", "last_active", "message_count"}
+SEED_SUMMARY_KEYS = {
+    "id",
+    "agent_id",
+    "task_id",
+    "status",
+    "created_at",
+    "last_active",
+    "message_count",
+}
+# Section 8 adds status_changed_at to both forms.
+SUMMARY_KEYS = SEED_SUMMARY_KEYS | {"status_changed_at"}
 FULL_KEYS = SUMMARY_KEYS | {"prompt", "data", "version"}
 MESSAGE_KEYS = {"message_id", "session_id", "role", "content", "status", "timestamp"}
 RECEIPT_KEYS = {"message_id", "session_id", "status", "timestamp"}

@@ -6,8 +6,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,19 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 START_TIMEOUT = 30
+
+
+def require(available, reason):
+    """Skip the test when ``available`` is false; under CI (``CI=true``), fail instead.
+
+    Call it at module level or in a test.  CI installs every prerequisite,
+    so there a missing one is a broken run, not a test to pass over.
+    """
+    if available:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def free_port():
@@ -31,13 +45,13 @@ def start_gunicorn(run_dir, **env):
     Its log (the app's JSON lines too) goes to ``run_dir / "gunicorn.log"``.
     """
     environ = {
-        **os.environ,
+        # The pool follows the server's own settings unless a test sets it.
+        **{name: value for name, value in os.environ.items() if name != "DATABASE_POOL_SIZE"},
         "GUNICORN_CONTROL_SOCKET": str(run_dir / "gunicorn.ctl"),
         "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "prometheus"),
         "LOG_FORMAT": "json",
         **env,
     }
-    environ.pop("DATABASE_POOL_SIZE", None)
     with open(run_dir / "gunicorn.log", "wb") as log:
         return subprocess.Popen(
             [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
@@ -71,8 +85,8 @@ def wait_for(url, process, log_path, **kwargs):
         try:
             if requests.get(url, timeout=2, **kwargs).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or no worker has booted yet
         time.sleep(0.1)
     pytest.fail(f"{url} did not answer 200 in {START_TIMEOUT}s:\n{log_path.read_text()}")
 
@@ -123,3 +137,65 @@ def worker_pids(master_pid):
         if parent == master_pid:
             children.add(int(entry))
     return children
+
+
+class TcpProxy:
+    """Forward a free loopback port to ``(host, port)`` until ``cut()``.
+
+    ``cut()`` closes the listening socket and every forwarded connection: to
+    a client the server behind it is gone, as in a network outage.
+    """
+
+    def __init__(self, host, port):
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.open = []
+        self.lock = threading.Lock()
+        self.cutting = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self):
+        while not self.cutting.is_set():
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target, timeout=5)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            upstream.settimeout(None)
+            with self.lock:
+                if self.cutting.is_set():
+                    client.close()
+                    upstream.close()
+                    return
+                self.open += [client, upstream]
+                for source, sink in ((client, upstream), (upstream, client)):
+                    thread = threading.Thread(target=self._pipe, args=(source, sink), daemon=True)
+                    self.threads.append(thread)
+                    thread.start()
+
+    def _pipe(self, source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def cut(self):
+        """Stop forwarding: refuse new connections and drop the open ones."""
+        self.cutting.set()
+        self.listener.close()
+        with self.lock:
+            for sock in self.open:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        for thread in self.threads:
+            thread.join(timeout=5)

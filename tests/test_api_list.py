@@ -63,7 +63,7 @@ def test_empty_list(api):
     assert api.list() == {"sessions": [], "next_cursor": None}
 
 
-def test_summaries_have_exactly_the_seed_keys(api, fleet):
+def test_summaries_have_the_seed_keys_and_status_changed_at(api, fleet):
     page = api.list()
     assert page["next_cursor"] is None
     for summary, session in zip(page["sessions"], reversed(fleet), strict=True):
@@ -221,11 +221,12 @@ def test_deleted_sessions_leave_the_list(api, fleet):
         ("page=2", {"page": ["Unknown field."]}),
         ("Status=active", {"Status": ["Unknown field."]}),
         (
-            "limit=0&status=x&sort=id",
+            "limit=0&status=x&sort=id&offset=1",
             {
                 "limit": [LIMIT_RANGE],
                 "status": [STATUS_ERROR.format("x")],
-                "sort": ["Unknown field."],
+                "sort": ["Must be one of: created_at, last_active."],
+                "offset": ["Unknown field."],
             },
         ),
     ],

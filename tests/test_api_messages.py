@@ -110,3 +110,69 @@ LIMIT_RANGE = "Must be greater than or equal to 1 and less than or equal to 1000
 def test_bad_query_is_422(api, client, query, errors):
     session_id = api.create()["id"]
     assert_problem(client.get(f"/api/sessions/{session_id}/messages?{query}"), invalid(**errors))
+
+
+# -- newest first (section 8) -----------------------------------------------------
+
+
+def read_all_in(api, session_id, limit, order):
+    found, cursor = [], None
+    while True:
+        params = {"limit": limit, "order": order}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = api.messages(session_id, **params)
+        assert len(page["messages"]) == limit or page["next_cursor"] is None
+        found += [m["content"] for m in page["messages"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return found
+
+
+@pytest.mark.parametrize(("total", "limit"), [(7, 1), (7, 3), (6, 3), (6, 6), (5, 10), (0, 2)])
+def test_desc_pages_newest_first_and_continue_backwards(api, total, limit):
+    session_id = api.create()["id"]
+    for i in range(total):
+        api.send(session_id, f"m{i}")
+    newest_first = [f"m{i}" for i in reversed(range(total))]
+    assert read_all_in(api, session_id, limit, "desc") == newest_first
+    assert read_all_in(api, session_id, limit, "asc") == newest_first[::-1]
+
+
+def test_the_last_20_messages_in_one_request(api):
+    session_id = api.create()["id"]
+    for i in range(25):
+        api.send(session_id, f"m{i}")
+    page = api.messages(session_id, order="desc", limit=20)
+    assert [m["content"] for m in page["messages"]] == [f"m{i}" for i in range(24, 4, -1)]
+    assert page["next_cursor"] is not None
+    rest = api.messages(session_id, order="desc", limit=20, cursor=page["next_cursor"])
+    assert [m["content"] for m in rest["messages"]] == [f"m{i}" for i in range(4, -1, -1)]
+    assert rest["next_cursor"] is None
+
+
+def test_desc_paging_sees_no_message_twice_while_messages_arrive(api):
+    session_id = api.create()["id"]
+    for i in range(10):
+        api.send(session_id, f"m{i}")
+    found = []
+    page = api.messages(session_id, order="desc", limit=3)
+    while True:
+        found += [m["content"] for m in page["messages"]]
+        if page["next_cursor"] is None:
+            break
+        api.send(session_id, "later")  # newer than the first page: not in this walk
+        page = api.messages(session_id, order="desc", limit=3, cursor=page["next_cursor"])
+    assert found == [f"m{i}" for i in range(9, -1, -1)]
+
+
+def test_desc_of_an_unknown_session_is_a_404(api, client):
+    response = client.get(f"/api/sessions/{UNKNOWN}/messages?order=desc")
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("value", ["DESC", "newest", "", "asc,desc"])
+def test_a_bad_order_is_a_422(api, client, value):
+    session_id = api.create()["id"]
+    response = client.get(f"/api/sessions/{session_id}/messages?order={value}")
+    assert_problem(response, invalid(order=["Must be one of: asc, desc."]))

@@ -34,7 +34,9 @@ def test_status_transition_table(api, client, current, new):
         after = api.patch(before["id"], status=new)
         assert after["status"] == new
         assert parse_time(after["last_active"]) > parse_time(before["last_active"])
-        moved = ("status", "last_active", "version")
+        # The statement that moves the status stamps both with the same instant.
+        assert after["status_changed_at"] == after["last_active"]
+        moved = ("status", "last_active", "status_changed_at", "version")
         unchanged = {k: v for k, v in after.items() if k not in moved}
         assert unchanged == {k: v for k, v in before.items() if k not in moved}
         assert after["version"] == before["version"] + 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from servers import log_lines, start_gunicorn, stop
 
-from sessions_app import auth, create_app, db, migrations
+from sessions_app import auth, create_app, db, exposure, migrations
 
 READ_WRITE = ("rw-token-1", "rw-token-2")
 READ_ONLY = "ro-token-1"
@@ -128,8 +128,15 @@ def test_operations_endpoints_stay_open(guarded, path):
     assert guarded.get(path).status_code == 200
 
 
-def test_the_api_description_stays_open(guarded):
-    assert guarded.get("/api/openapi.json").status_code == 200
+@pytest.mark.parametrize("path", ["/api/openapi.json", "/api/docs/", "/api/docs/swagger-ui.css"])
+def test_the_api_description_stays_open(guarded, path):
+    with guarded.get(path) as response:  # a file is streamed: close it
+        assert response.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/openapi.jsonx", "/api/docsx", "/api", "/api/"])
+def test_only_the_open_paths_themselves_are_open(guarded, path):
+    assert guarded.get(path).status_code == 401
 
 
 def test_without_tokens_the_api_is_open(client):
@@ -141,7 +148,7 @@ def test_without_tokens_the_api_is_open(client):
     [[("127.0.0.1", 8000)], [("::1", 8000)], [("localhost", 8000)], [("127.0.0.2", 1)]],
 )
 def test_no_warning_on_loopback(addresses):
-    assert auth.exposure_warning(settings(), addresses) is None
+    assert exposure.warning(settings(), addresses) is None
 
 
 @pytest.mark.parametrize(
@@ -155,13 +162,13 @@ def test_no_warning_on_loopback(addresses):
     ],
 )
 def test_a_warning_when_open_beyond_loopback_without_tokens(addresses, named):
-    warning = auth.exposure_warning(settings(), addresses)
+    warning = exposure.warning(settings(), addresses)
     assert "SESSIONS_API_TOKENS is not set" in warning and named in warning
 
 
 @pytest.mark.parametrize("name", ["SESSIONS_API_TOKENS", "SESSIONS_API_READONLY_TOKENS"])
 def test_no_warning_when_tokens_are_set(name):
-    assert auth.exposure_warning(settings(**{name: "t"}), [("0.0.0.0", 8000)]) is None
+    assert exposure.warning(settings(**{name: "t"}), [("0.0.0.0", 8000)]) is None
 
 
 def settings(**values):
@@ -183,10 +190,12 @@ def test_gunicorn_warns_at_start_when_open_without_tokens(tokens):
         try:
             log = run / "gunicorn.log"
             deadline = time.monotonic() + 30
-            # when_ready runs before the first worker boots.
+            # when_ready runs before the first worker boots: once one has
+            # booted, the warning, if any, is in the log.
             while "Booting worker" not in log.read_text() and time.monotonic() < deadline:
                 assert gunicorn.poll() is None, log.read_text()
                 time.sleep(0.1)
+            assert "Booting worker" in log.read_text(), "no worker started in 30 s"
         finally:
             stop(gunicorn)
         warnings = [line for line in log_lines(log) if line["level"] == "WARNING"]

@@ -16,6 +16,7 @@ import uuid
 import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from sessions_app import create_app, openapi
 from sessions_app.idempotency import KEY_PATTERN
@@ -80,26 +81,45 @@ schema = accepting_412(
 )
 
 
+def excluded_checks(case):
+    """A session-list cursor is opaque and carries a check value.
+
+    Only a next_cursor the service wrote is a cursor, so a generated string
+    that fits the document is rightly refused (tests/test_list_finding.py
+    covers cursors); every other check still runs on such a case.
+    """
+    opaque = case.operation.path == "/api/sessions" and "cursor" in (case.query or {})
+    return [positive_data_acceptance] if opaque else []
+
+
 @schema.parametrize()
 @SETTINGS
 def test_every_operation_keeps_the_contract(case, app):
     valid_headers(case)
     own_key(case)
-    case.call_and_validate(app=app)
+    case.call_and_validate(app=app, excluded_checks=excluded_checks(case))
 
 
 def test_sessions_keep_the_contract_through_their_life(app):
-    class Machine(
-        accepting_412(schemathesis.openapi.from_wsgi("/api/openapi.json", app)).as_state_machine()
-    ):
+    base = accepting_412(schemathesis.openapi.from_wsgi("/api/openapi.json", app))
+
+    class Machine(base.as_state_machine()):
         def before_call(self, case):
             super().before_call(case)
             valid_headers(case)
             own_key(case)
 
-    machine = Machine
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(
+                response,
+                additional_checks=additional_checks,
+                excluded_checks=excluded_checks(case),
+                transport_kwargs=kwargs or None,
+                recorder=self.recorder,
+            )
+
     run_state_machine_as_test(
-        machine,
+        Machine,
         settings=settings(SETTINGS, max_examples=EXAMPLES, stateful_step_count=8),
     )
 

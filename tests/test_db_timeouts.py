@@ -2,7 +2,7 @@
 
 import os
 
-import pytest
+from servers import require
 
 from sessions_app import config, create_app, db
 
@@ -32,8 +32,8 @@ def test_the_urls_own_values_win():
     assert database.connect_params["connect_timeout"] == 7
 
 
-@pytest.mark.skipif(not os.environ.get("TEST_DATABASE_URL"), reason="TEST_DATABASE_URL is not set")
 def test_the_server_applies_the_statement_timeout():
+    require(os.environ.get("TEST_DATABASE_URL"), "TEST_DATABASE_URL is not set")
     create_app(
         {"DATABASE_URL": os.environ["TEST_DATABASE_URL"], "DATABASE_STATEMENT_TIMEOUT_MS": 1234}
     )

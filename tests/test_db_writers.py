@@ -1,13 +1,18 @@
 """SQLite writers queue for one lock across threads and processes."""
 
 import fcntl
+import logging
 import os
 import threading
+import time
 
 import pytest
 from peewee import OperationalError
+from problems import assert_unavailable
 
-from sessions_app import db
+from sessions_app import create_app, db, migrations
+
+TIMEOUT_MS = 300
 
 
 @pytest.fixture
@@ -28,23 +33,30 @@ def test_another_process_cannot_take_the_lock_while_it_is_held(queue):
 
 
 def test_threads_take_turns(queue):
-    inside, overlaps = [], []
+    # flock on the one descriptor of a process never blocks its own threads:
+    # only the thread lock keeps them apart, and the pause lets them overlap
+    # if it does not.
+    inside, most, guard = [0], [0], threading.Lock()
 
     def write():
-        for _ in range(200):
+        for _ in range(10):
             queue.acquire()
-            inside.append(1)
-            if len(inside) > 1:
-                overlaps.append(len(inside))
-            inside.pop()
-            queue.release()
+            try:
+                with guard:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                time.sleep(0.002)
+                with guard:
+                    inside[0] -= 1
+            finally:
+                queue.release()
 
     threads = [threading.Thread(target=write) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert overlaps == []
+    assert most[0] == 1
 
 
 def test_a_writer_waits_for_another_process_no_longer_than_its_timeout(queue):
@@ -66,10 +78,14 @@ def test_a_writer_waits_for_another_thread_no_longer_than_its_timeout(queue):
     queue.acquire()
     failed = []
     waiter = threading.Thread(target=lambda: _try_acquire(queue, failed))
+    started = time.monotonic()
     waiter.start()
-    waiter.join()
+    waiter.join(timeout=30)
+    waited = time.monotonic() - started
     queue.release()
+    assert not waiter.is_alive(), "the wait was not bounded"
     assert failed == ["database is locked: no turn to write in time"]
+    assert waited >= queue.timeout  # it waited its turn, then gave up
 
 
 def _try_acquire(queue, failed):
@@ -87,11 +103,115 @@ def test_a_second_release_does_nothing(queue):
     queue.release()
 
 
-def test_a_failed_commit_and_its_rollback_leave_the_lock_free(app, monkeypatch):
+def test_the_thread_lock_is_released_when_unlocking_the_file_fails(queue, monkeypatch):
+    queue.acquire()
+    monkeypatch.setattr(fcntl, "flock", _fail)
+    with pytest.raises(OSError):
+        queue.release()
+    monkeypatch.undo()
+    assert queue._threads.acquire(blocking=False)
+    queue._threads.release()
+
+
+def test_closing_the_queue_closes_its_lock_file(queue):
+    queue.acquire()
+    queue.release()
+    fd = queue._fd
+    queue.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    queue.acquire()  # opens the file again
+    assert queue._fd is not None
+    queue.release()
+    queue.close()
+
+
+@pytest.fixture
+def sqlite(tmp_path):
+    """An app on SQLite whose writers wait at most TIMEOUT_MS for their turn."""
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": f"sqlite:///{tmp_path}/sessions.sqlite3",
+            "SQLITE_BUSY_TIMEOUT_MS": TIMEOUT_MS,
+        }
+    )
+    migrations.upgrade()
+    yield app
+    db.database.close_all()
+
+
+@pytest.mark.parametrize("dispose", ["close_all", "dispose"])
+def test_closing_the_database_closes_its_lock_file(sqlite, dispose):
+    assert sqlite.test_client().post("/api/sessions", json={"agent_id": "a"}).status_code == 201
+    fd = db.database.obj.writers._fd
+    os.fstat(fd)
+    getattr(db.database.obj, dispose)()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_a_writer_waiting_longer_than_the_busy_timeout_gets_a_503(sqlite):
+    other = os.open(db.database.obj.writers.path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)  # another process's turn to write
+        started = time.monotonic()
+        response = sqlite.test_client().post("/api/sessions", json={"agent_id": "a"})
+        waited = time.monotonic() - started
+    finally:
+        os.close(other)
+    assert_unavailable(response)
+    assert waited >= TIMEOUT_MS / 1000
+    assert sqlite.test_client().post("/api/sessions", json={"agent_id": "a"}).status_code == 201
+
+
+def test_a_connection_given_back_mid_transaction_leaves_the_next_write_unaffected(sqlite):
+    def abandon():
+        with db.connected():
+            db.database.begin()
+            db.database.execute_sql(
+                "INSERT INTO sessions (id, agent_id, status, data, created_at, last_active, "
+                "message_count) VALUES ('abandoned', 'a', 'created', '{}', 0, 0, 0)"
+            )
+        # Given back with the transaction open: the pool rolls it back.
+
+    in_thread(abandon)
+    client = sqlite.test_client()
+    created = [client.post("/api/sessions", json={"agent_id": "a"}) for _ in range(2)]
+    created.append(in_thread(lambda: client.post("/api/sessions", json={"agent_id": "b"})))
+    assert [response.status_code for response in created] == [201] * 3
+    listed = client.get("/api/sessions").get_json()["sessions"]
+    assert "abandoned" not in {session["id"] for session in listed}
+
+
+def in_thread(function):
+    """Run ``function`` in a thread of its own; return what it returned."""
+    results = []
+    thread = threading.Thread(target=lambda: results.append(function()))
+    thread.start()
+    thread.join()
+    return results[0]
+
+
+def test_a_turn_to_write_left_held_by_a_request_is_released_at_its_end(sqlite, caplog):
+    @sqlite.get("/forgets-its-turn")
+    def forgets_its_turn():
+        db.database.obj.writers.acquire()
+        return {}
+
+    client = sqlite.test_client()
+    with caplog.at_level(logging.ERROR, logger="sessions_app.db"):
+        assert client.get("/forgets-its-turn").status_code == 200
+    assert [r.getMessage() for r in caplog.records] == [
+        "A turn to write was still held when the request ended; released it"
+    ]
+    created = in_thread(lambda: client.post("/api/sessions", json={"agent_id": "a"}))
+    assert created.status_code == 201, created.get_json()
+
+
+def test_a_failed_commit_and_its_rollback_leave_the_lock_free(sqlite, monkeypatch):
     database = db.database.obj
-    if not isinstance(database, db.QueuedSqliteDatabase):
-        pytest.skip("SQLite only")
-    with database.connection_context():
+    with db.connected():
         monkeypatch.setattr(db.PooledSqliteDatabase, "commit", _fail)
         with pytest.raises(OSError), database.atomic():
             database.execute_sql("SELECT 1")
@@ -100,5 +220,5 @@ def test_a_failed_commit_and_its_rollback_leave_the_lock_free(app, monkeypatch):
         database.writers._threads.release()
 
 
-def _fail(self):
+def _fail(*args):
     raise OSError("disk I/O error")

@@ -11,7 +11,9 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from servers import ROOT, free_port, request_line, start_gunicorn, stop, wait_for
+from servers import ROOT, free_port, request_line, require, start_gunicorn, stop, wait_for
 
 pytestmark = pytest.mark.server
 
@@ -30,19 +32,30 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY = 1_048_576
 SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}").fullmatch
 
-if not NGINX.exists():
-    pytest.skip("nginx is not installed (apt-get install nginx)", allow_module_level=True)
-if not shutil.which("openssl"):
-    pytest.skip("openssl is not installed (needed for the TLS listener)", allow_module_level=True)
+require(NGINX.exists(), "nginx is not installed (apt-get install nginx)")
+require(shutil.which("openssl"), "openssl is not installed (needed for the TLS listener)")
 
 
-def unit_environment(run):
-    """Return the Environment= settings of deploy/sessions-app.service, /run moved to ``run``."""
+def unit_environment(run, unit="sessions-app.service"):
+    """Return the Environment= settings of a unit in deploy/, /run moved to ``run``."""
     found = {}
-    for line in (DEPLOY / "sessions-app.service").read_text().splitlines():
+    for line in (DEPLOY / unit).read_text().splitlines():
         if line.startswith("Environment="):
             name, _, value = line.removeprefix("Environment=").partition("=")
             found[name] = value.replace("/run/sessions-app/", f"{run}/")
+    return found
+
+
+def unit_settings(unit):
+    """Return ``{(section, key): [values]}`` of a unit file in deploy/."""
+    found, section = {}, None
+    for line in (DEPLOY / unit).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            found.setdefault((section, key), []).append(value)
     return found
 
 
@@ -257,6 +270,98 @@ def test_a_missing_token_is_a_401_problem_through_nginx(deployed):
 
 def test_the_socket_is_closed_to_other_users(deployed):
     assert deployed["socket"].stat().st_mode & 0o777 == 0o770
+
+
+# -- retention: the prune unit and its timer ----------------------------------------
+
+PRUNE_UNIT = "sessions-app-prune.service"
+PRUNE_TIMER = "sessions-app-prune.timer"
+
+
+def test_the_timer_starts_prune_every_five_minutes_without_overlap():
+    timer = unit_settings(PRUNE_TIMER)
+    assert timer[("Timer", "Unit")] == [PRUNE_UNIT]
+    assert timer[("Timer", "OnBootSec")] == ["5min"]
+    # Counted from the end of the previous run: a long run delays the next.
+    assert timer[("Timer", "OnUnitInactiveSec")] == ["5min"]
+    assert timer[("Install", "WantedBy")] == ["timers.target"]
+    assert unit_settings(PRUNE_UNIT)[("Service", "Type")] == ["oneshot"]
+
+
+def test_the_prune_unit_runs_as_the_service_with_its_settings():
+    app, prune = unit_settings("sessions-app.service"), unit_settings(PRUNE_UNIT)
+    for key in ("User", "Group", "WorkingDirectory", "EnvironmentFile"):
+        assert prune[("Service", key)] == app[("Service", key)], key
+    # Its numbers go where the workers' are, so the service's /metrics has them.
+    assert (
+        unit_environment("/run", PRUNE_UNIT)["PROMETHEUS_MULTIPROC_DIR"]
+        == unit_environment("/run")["PROMETHEUS_MULTIPROC_DIR"]
+    )
+    # It must not own /run/sessions-app: systemd would remove the folder (and
+    # the service's socket) when a run ends.
+    assert ("Service", "RuntimeDirectory") not in prune
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_accepts_the_units(tmp_path):
+    for unit in ("sessions-app.service", PRUNE_UNIT, PRUNE_TIMER):
+        shutil.copy(DEPLOY / unit, tmp_path / unit)
+    units = [str(tmp_path / u) for u in ("sessions-app.service", PRUNE_UNIT, PRUNE_TIMER)]
+    checked = subprocess.run(
+        ["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60
+    )
+    # Only the programs under /srv/sessions-app are missing on a test machine.
+    complaints = [
+        line
+        for line in (checked.stdout + checked.stderr).splitlines()
+        if line.strip() and not re.search(r"Command /srv/sessions-app/\S+ is not executable", line)
+    ]
+    assert complaints == []
+
+
+def test_the_prune_unit_deletes_expired_sessions_of_the_deployed_service(deployed):
+    base = deployed["app_log"].parent.parent
+    doomed = call(deployed, "POST", "/api/sessions", 201, json={"agent_id": "PRUNED"}).json()
+    kept = call(deployed, "POST", "/api/sessions", 201, json={"agent_id": "PRUNED"}).json()
+    for session in (doomed, kept):
+        call(deployed, "POST", f"/api/sessions/{session['id']}/message", 201, json={"content": "x"})
+        call(deployed, "PATCH", f"/api/sessions/{session['id']}", 200, json={"status": "failed"})
+    with sqlite3.connect(base / "sessions.sqlite3", timeout=10) as conn:
+        conn.execute(
+            "UPDATE sessions SET last_active = last_active - 2 * 86400000000 WHERE id = ?",
+            (doomed["id"],),
+        )
+    conn.close()
+
+    settings = unit_settings(PRUNE_UNIT)
+    (command,) = settings[("Service", "ExecStart")]
+    program, *args = command.split()
+    assert program == "/srv/sessions-app/.venv/bin/flask"
+    ran = subprocess.run(
+        [str(Path(sys.executable).parent / "flask"), *args],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            **unit_environment(base / "run", PRUNE_UNIT),
+            "DATABASE_URL": f"sqlite:///{base}/sessions.sqlite3",
+            "SESSION_RETENTION_SECONDS": "86400",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    *log, summary = ran.stdout.splitlines()
+    assert summary.startswith("Deleted 1 sessions, 1 messages in ")
+    assert json.loads(log[-1])["message"] == "Pruned 1 sessions, 1 messages"
+
+    call(deployed, "GET", f"/api/sessions/{doomed['id']}", 404)
+    call(deployed, "GET", f"/api/sessions/{kept['id']}", 200)
+    listed = call(deployed, "GET", "/api/sessions?agent_id=PRUNED", 200).json()["sessions"]
+    assert [s["id"] for s in listed] == [kept["id"]]
+    metrics = call(deployed, "GET", "/metrics", 200).text
+    assert 'sessions_pruned_total{what="sessions"} 1.0' in metrics
+    assert 'sessions_prune_runs_total{outcome="ok"} 1.0' in metrics
 
 
 def test_keyed_posts_pass_through_nginx_and_replay(deployed):

@@ -1,23 +1,22 @@
 """/api/docs in a real browser: headless Chromium lists every operation, offline."""
 
+import html
+import re
 import shutil
 import subprocess
 import threading
 
 import pytest
+from servers import require
 from werkzeug.serving import make_server
 
 from sessions_app import openapi
 
 CHROMIUM = shutil.which("chromium")
 
-pytestmark = [
-    pytest.mark.server,
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="no 'chromium' on PATH: apt-get install -y chromium (.ci/run does)",
-    ),
-]
+pytestmark = pytest.mark.server
+
+require(CHROMIUM, "no 'chromium' on PATH: apt-get install -y chromium (.ci/run does)")
 
 
 @pytest.fixture(params=["sqlite"])
@@ -59,15 +58,19 @@ def chromium(tmp_path, *args):
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
 
 
-def test_docs_list_every_operation(base_url, tmp_path):
+def test_docs_render_every_operation(base_url, tmp_path):
     dom = chromium(tmp_path, "--dump-dom", f"{base_url}/api/docs/").stdout
-    assert "opblock-summary" in dom, dom[-2000:]
+    # Swagger UI builds these blocks from the document: the page as served
+    # holds none of them.
+    assert dom.count('<div class="opblock opblock-') == len(openapi.OPERATIONS), dom[-2000:]
     for (method, path), operation in openapi.OPERATIONS.items():
-        assert operation.summary in dom, (method, path)
-    assert dom.count('class="opblock-summary-path"') >= len(openapi.OPERATIONS)
-
-
-def test_docs_screenshot(base_url, tmp_path):
-    shot = tmp_path / "docs.png"
-    chromium(tmp_path, f"--screenshot={shot}", f"{base_url}/api/docs/")
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        block = re.search(
+            rf'<div class="opblock opblock-{method.lower()}[^"]*" '
+            rf'id="operations-{operation.tag}-{operation.operation_id}">.*?'
+            rf'<span class="opblock-summary-method">{method}</span>.*?'
+            rf'data-path="{re.escape(path)}".*?'
+            rf'<div class="opblock-summary-description">'
+            rf"{re.escape(html.escape(operation.summary, quote=False))}</div>",
+            dom,
+        )
+        assert block, (method, path, operation.summary)

@@ -84,3 +84,21 @@ def test_default_time_is_now():
 )
 def test_is_session_id(text, expected):
     assert bool(ids.is_session_id(text)) is expected
+
+
+# -- the ids that bound a creation time (time windows on created_at) --------------
+
+
+@pytest.mark.parametrize("at_us", [0, 1, 1_705_399_200_123_456, 2**56 - 2])
+def test_ids_made_at_an_instant_lie_within_its_bounds(at_us):
+    first, last = ids.first_session_id(at_us), ids.last_session_id(at_us)
+    assert ids.is_session_id(first) and ids.is_session_id(last)
+    assert at_us == 0 or ids.last_session_id(at_us - 1) < first
+    assert last < ids.first_session_id(at_us + 1)
+    for _ in range(200):
+        assert first <= ids.new_session_id(at_us) <= last
+
+
+def test_bounds_beyond_the_ids_range_are_clamped():
+    assert ids.first_session_id(-5) == ids.first_session_id(0)
+    assert ids.last_session_id(2**60) == ids.last_session_id(2**56 - 1)

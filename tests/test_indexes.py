@@ -37,9 +37,9 @@ def sessions(api):
             api.patch(session["id"], status=status)
 
 
-def list_queries(api, count_queries, with_cursor, filters):
+def list_queries(api, count_queries, with_cursor, filters, **order):
     """Return the ``(sql, params)`` the session list runs for ``filters``."""
-    params = dict(filters, limit=1)
+    params = dict(filters, limit=1, **order)
     if with_cursor:
         params["cursor"] = api.list(**params)["next_cursor"]
         assert params["cursor"]
@@ -92,9 +92,11 @@ def assert_index_scans(queries):
 def assert_sqlite_plan(plan):
     """Tables are read only through an index; only bounded subquery output is sorted."""
     details = "\n".join(detail for _node, _parent, detail in plan)
+    reads = [detail for _node, _parent, detail in plan if re.match(r"(SCAN|SEARCH) \w", detail)]
+    assert reads, f"no line of the plan reads a table:\n{details}"
+    for detail in reads:
+        assert " USING " in detail and "INDEX" in detail, details
     for node, parent, detail in plan:
-        if re.match(r"(SCAN|SEARCH) t\d", detail):
-            assert " USING " in detail and "INDEX" in detail, details
         if detail.startswith("USE TEMP B-TREE"):
             # A multi-status list merges per-status parts, each cut to
             # ``limit + 1`` rows by the index scan below it; SQLite sorts
@@ -112,7 +114,9 @@ def assert_postgresql_plan(plan):
     assert "Seq Scan" not in text, text
     # A sort node reads "Sort  (cost=...)"; Merge Append's "Sort Key:" only merges.
     assert not re.search(r"Sort\s+\(cost=", text), text
-    assert "Index" in text, text
+    reads = [line for line in plan if re.search(r"\bScan\b.* on ", line)]
+    assert reads, f"no line of the plan reads a table:\n{text}"
+    assert all("Index" in line for line in reads), text
 
 
 @pytest.mark.parametrize("with_cursor", [False, True], ids=["first-page", "after-cursor"])
@@ -131,3 +135,77 @@ def test_multi_status_list_is_one_index_range_scan_per_status(api, count_queries
     ((sql, _params),) = queries
     assert sql.count(" UNION ALL ") == 2
     assert_index_scans(queries)
+
+
+SORTS = [
+    {"sort": sort, "order": order}
+    for sort in ("created_at", "last_active")
+    for order in ("desc", "asc")
+]
+# A window on the sort's own column: a range of the same index.
+WINDOWS = {
+    "created_at": {
+        "created_after": "2000-01-01T00:00:00Z",
+        "created_before": "2100-01-01T00:00:00Z",
+    },
+    "last_active": {
+        "active_after": "2000-01-01T00:00:00Z",
+        "active_before": "2100-01-01T00:00:00Z",
+    },
+}
+
+
+def sort_id(order):
+    return f"{order['sort']}-{order['order']}"
+
+
+@pytest.mark.parametrize(
+    "shape", ["first-page", "window-after-cursor"], ids=["first-page", "window-after-cursor"]
+)
+@pytest.mark.parametrize("order", SORTS, ids=sort_id)
+@pytest.mark.parametrize("filters", SESSION_FILTERS, ids=filter_id)
+def test_every_sort_and_order_uses_an_index_in_order(
+    api, count_queries, sessions, filters, order, shape
+):
+    if shape == "window-after-cursor":
+        filters = {**filters, **WINDOWS[order["sort"]]}
+    queries = list_queries(api, count_queries, shape != "first-page", filters, **order)
+    assert_index_scans(queries)
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+@pytest.mark.parametrize("with_cursor", [False, True], ids=["first-page", "after-cursor"])
+def test_message_list_in_either_order_is_a_primary_key_range(
+    api, count_queries, with_cursor, order
+):
+    session = api.create()
+    for _ in range(3):
+        api.send(session["id"])
+    params = {"limit": 1, "order": order}
+    if with_cursor:
+        params["cursor"] = api.messages(session["id"], **params)["next_cursor"]
+    with count_queries() as counted:
+        api.messages(session["id"], **params)
+    assert_index_scans(counted.queries)
+    for sql, params in counted.queries:
+        plan = "\n".join(map(str, explain(sql, params)))
+        assert "messages_session_id" not in plan, plan
+
+
+COUNT_FILTERS = [
+    {},
+    {"agent_id": "a"},
+    {"task_id": "t"},
+    {"status": "active,paused"},
+    {"agent_id": "a", "status": "failed", "created_after": "2000-01-01T00:00:00Z"},
+    {"status": "active", "active_before": "2100-01-01T00:00:00Z"},
+    {"created_after": "2000-01-01T00:00:00Z", "created_before": "2100-01-01T00:00:00Z"},
+]
+
+
+@pytest.mark.parametrize("filters", COUNT_FILTERS, ids=filter_id)
+def test_a_count_is_an_index_range_per_status(client, count_queries, sessions, filters):
+    with count_queries() as counted:
+        response = client.get("/api/sessions/count", query_string=filters)
+    assert response.status_code == 200
+    assert_index_scans(counted.queries)

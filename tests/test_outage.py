@@ -20,20 +20,32 @@ from pathlib import Path
 
 import pytest
 import requests
-from servers import free_port, serving, worker_pids
+from servers import free_port, require, serving, worker_pids
 
 pytestmark = pytest.mark.server
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 CLIENTS = 6
 WORKERS = 2
 BEFORE, DOWN, AFTER = 2.0, 3.0, 3.0  # seconds of load before, during and after the outage
 CLIENT_TIMEOUT = 25  # below Gunicorn's 30 s timeout: a request that needs longer hung
 
-if not (PG_BIN / "initdb").exists():
-    pytest.skip(f"PostgreSQL 15 server binaries are not in {PG_BIN}", allow_module_level=True)
-if os.geteuid() == 0 and not shutil.which("runuser"):
-    pytest.skip("initdb refuses to run as root and runuser is missing", allow_module_level=True)
+
+def server_binaries():
+    """Return the folder of PostgreSQL's server programs (any version), or None."""
+    pg_config = shutil.which("pg_config")
+    if pg_config is None:
+        return None
+    found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+    folder = Path(found.stdout.strip())
+    return folder if found.returncode == 0 and (folder / "initdb").exists() else None
+
+
+PG_BIN = server_binaries()
+require(PG_BIN, "no PostgreSQL server programs: 'pg_config --bindir' names no folder with initdb")
+require(
+    os.geteuid() != 0 or shutil.which("runuser"),
+    "initdb refuses to run as root and runuser is missing",
+)
 
 
 class Cluster:

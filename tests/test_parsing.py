@@ -14,4 +14,8 @@ def test_no_query_string_gives_each_schemas_defaults_in_a_fresh_dict(app):
 
 def test_a_query_string_is_loaded_as_given(app):
     with app.test_request_context("/api/sessions?limit=5"):
-        assert load_query(session_list_query_schema) == {"limit": 5}
+        assert load_query(session_list_query_schema) == {
+            "limit": 5,
+            "sort": "created_at",
+            "order": "desc",
+        }

@@ -25,7 +25,7 @@ from flask.cli import AppGroup
 from peewee import PostgresqlDatabase
 from playhouse.migrations import Runner
 
-from ..db import database, describe
+from ..db import connected, database, describe
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def upgrade():
 
     Raises ``SchemaTooNew`` when the database has migrations this code lacks.
     """
-    with database.connection_context(), database.atomic():
+    with connected(), database.atomic():
         _lock()
         runner = _runner()
         migrations = runner.status()
@@ -100,7 +100,7 @@ def upgrade():
 
 def status():
     """Return ``[(name, applied_at or None, known)]``: every migration, in order."""
-    with database.connection_context():
+    with connected():
         migrations = _runner().status()
     return [(m.name, m.applied, m.path is not None) for m in migrations]
 
