@@ -208,6 +208,17 @@ def _store(scope, key, signed, response, now):
         _purge.execute(before=now - _ttl_us())
 
 
+def count_expired(before):
+    """Return how many stored keys are older than ``before`` (microseconds)."""
+    return IdempotencyKey.select().where(IdempotencyKey.created_at < before).count()
+
+
+def forget_expired(before):
+    """Delete up to ``PURGE_BATCH`` keys older than ``before``, oldest first; return how many."""
+    with database.atomic():
+        return _purge.execute(before=before).rowcount
+
+
 def _ttl_us():
     return current_app.config["IDEMPOTENCY_TTL_SECONDS"] * 1_000_000
 

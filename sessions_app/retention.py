@@ -9,9 +9,9 @@ so a session changed since it was picked stays.  Until its batch commits a
 session is listed, counted and readable as usual; from then on it is gone
 from every endpoint at once.
 
-``Totals`` and ``prune`` hold one step per kind of row; the forgetting of
-idempotency keys and changes past their windows (sections 5 and 7) joins
-them as steps of their own where those tables exist.
+Idempotency keys older than ``IDEMPOTENCY_TTL_SECONDS`` are forgotten the
+same way, a small batch at a time.  ``Totals`` and ``prune`` hold one step
+per kind of row.
 """
 
 import logging
@@ -25,7 +25,7 @@ from flask.cli import with_appcontext
 from peewee import SQL, fn
 from prometheus_client import values
 
-from . import metrics
+from . import idempotency, metrics
 from .db import database, describe
 from .models import Session
 from .states import FINAL_STATUSES
@@ -51,6 +51,7 @@ class Totals:
 
     sessions: int = 0
     messages: int = 0
+    keys: int = 0
 
     def add(self, other):
         for field in fields(self):
@@ -122,14 +123,29 @@ def prune_sessions(
         metrics.PRUNED.labels("sessions").inc(done.sessions)
         metrics.PRUNED.labels("messages").inc(done.messages)
         logger.info(
-            "Pruned a batch of %d sessions (%d messages) in %.1f ms; %s so far",
+            "Pruned a batch of %d sessions (%d messages) in %.1f ms;"
+            " %d sessions, %d messages so far",
             done.sessions,
             done.messages,
             took * 1000,
-            totals.describe(),
+            totals.sessions,
+            totals.messages,
         )
         time.sleep(max(pause, took * PAUSE_RATIO))
     return totals
+
+
+def prune_keys(before, pause=MIN_PAUSE):
+    """Forget every idempotency key stored before ``before``, batch by batch; return how many."""
+    total = 0
+    while True:
+        started = time.monotonic()
+        deleted = idempotency.forget_expired(before)
+        if not deleted:
+            return total
+        total += deleted
+        metrics.PRUNED.labels("keys").inc(deleted)
+        time.sleep(max(pause, (time.monotonic() - started) * PAUSE_RATIO))
 
 
 def prune(config, dry_run=False, now=None, **batching):
@@ -138,11 +154,23 @@ def prune(config, dry_run=False, now=None, **batching):
     ``batching``: ``batch``, ``batch_messages`` and ``pause``, as
     ``prune_sessions`` takes them.
     """
-    retention = config["SESSION_RETENTION_SECONDS"]
+    now = now_us() if now is None else now
+    totals = _prune_sessions(config["SESSION_RETENTION_SECONDS"], now, dry_run, **batching)
+    keys_before = now - config["IDEMPOTENCY_TTL_SECONDS"] * 1_000_000
+    if dry_run:
+        totals.keys = idempotency.count_expired(keys_before)
+        logger.info("Dry run: would forget %d idempotency keys", totals.keys)
+    else:
+        totals.keys = prune_keys(keys_before, batching.get("pause", MIN_PAUSE))
+        logger.info("Pruned %s", totals.describe())
+    return totals
+
+
+def _prune_sessions(retention, now, dry_run, **batching):
     if retention is None:
         logger.info("SESSION_RETENTION_SECONDS is not set: no session expires")
         return Totals()
-    cutoff = (now_us() if now is None else now) - retention * 1_000_000
+    cutoff = now - retention * 1_000_000
     if dry_run:
         totals = count_expired(cutoff)
         logger.info(
@@ -152,9 +180,7 @@ def prune(config, dry_run=False, now=None, **batching):
         )
         return totals
     logger.info("Pruning sessions final and last active before %s", format_us(cutoff))
-    totals = prune_sessions(cutoff, **batching)
-    logger.info("Pruned %s", totals.describe())
-    return totals
+    return prune_sessions(cutoff, **batching)
 
 
 @click.command("prune")
@@ -175,7 +201,7 @@ def prune(config, dry_run=False, now=None, **batching):
 )
 @with_appcontext
 def prune_command(dry_run, batch, batch_messages):
-    """Delete the sessions past SESSION_RETENTION_SECONDS, with their messages."""
+    """Delete the sessions past SESSION_RETENTION_SECONDS (with their messages) and old keys."""
     _count_metrics_as_prune()
     try:
         with database.connection_context():

@@ -22,6 +22,8 @@ def test_defaults_without_environment():
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",
         "GUNICORN_THREADS": 2,
+        "SESSION_RETENTION_SECONDS": None,
+        "IDEMPOTENCY_TTL_SECONDS": 86_400,
     }
 
 

@@ -352,8 +352,8 @@ def test_the_prune_unit_deletes_expired_sessions_of_the_deployed_service(deploye
     )
     assert ran.returncode == 0, ran.stderr
     *log, summary = ran.stdout.splitlines()
-    assert summary.startswith("Deleted 1 sessions, 1 messages in ")
-    assert json.loads(log[-1])["message"] == "Pruned 1 sessions, 1 messages"
+    assert summary.startswith("Deleted 1 sessions, 1 messages, 0 keys in ")
+    assert json.loads(log[-1])["message"] == "Pruned 1 sessions, 1 messages, 0 keys"
 
     call(deployed, "GET", f"/api/sessions/{doomed['id']}", 404)
     call(deployed, "GET", f"/api/sessions/{kept['id']}", 200)

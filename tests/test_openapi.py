@@ -147,6 +147,7 @@ def test_the_document_names_each_operation_of_the_service(document):
     assert operations == {
         ("get", "/api/sessions"): "list_sessions",
         ("post", "/api/sessions"): "create_session",
+        ("get", "/api/sessions/count"): "count_sessions",
         ("get", "/api/sessions/{session_id}"): "get_session",
         ("patch", "/api/sessions/{session_id}"): "update_session",
         ("delete", "/api/sessions/{session_id}"): "delete_session",

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from sessions_app import db, retention
-from sessions_app.models import Message, Session
+from sessions_app.models import IdempotencyKey, Message, Session
 from sessions_app.timefmt import now_us
 
 HOUR = 3600
@@ -114,7 +114,7 @@ def test_prune_goes_in_batches_and_logs_and_counts_each(app, api, caplog):
         "Pruned a batch of 2 sessions (2 messages); 4 sessions, 4 messages so far",
         "Pruned a batch of 1 sessions (1 messages); 5 sessions, 5 messages so far",
     ]
-    assert caplog.records[-1].getMessage() == "Pruned 5 sessions, 5 messages"
+    assert caplog.records[-1].getMessage() == "Pruned 5 sessions, 5 messages, 0 keys"
     assert REGISTRY.get_sample_value("sessions_pruned_total", sample) == before + 5
 
 
@@ -137,12 +137,12 @@ def test_the_prune_command(app, api, kept_and_expired):
     runner = app.test_cli_runner()
     dry = runner.invoke(args=["prune", "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert dry.output.startswith("Would delete 2 sessions, 2 messages in ")
+    assert dry.output.startswith("Would delete 2 sessions, 2 messages, 0 keys in ")
     done = runner.invoke(args=["prune", "--batch", "1"])
     assert done.exit_code == 0, done.output
-    assert done.output.startswith("Deleted 2 sessions, 2 messages in ")
+    assert done.output.startswith("Deleted 2 sessions, 2 messages, 0 keys in ")
     again = runner.invoke(args=["prune"])
-    assert again.output.startswith("Deleted 0 sessions, 0 messages in ")
+    assert again.output.startswith("Deleted 0 sessions, 0 messages, 0 keys in ")
     metrics = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'sessions_prune_runs_total{outcome="dry-run"}' in metrics
     assert 'sessions_pruned_total{what="messages"}' in metrics
@@ -201,3 +201,32 @@ def test_an_expired_session_leaves_every_endpoint_at_the_same_instant(app, api, 
     assert caught_midway, "the reads must overlap the prune"
     for session_id in doomed:
         assert observe(session_id) == [False] * 4
+
+
+def stored_keys():
+    with db.database.connection_context():
+        return IdempotencyKey.select().count()
+
+
+def test_prune_forgets_idempotency_keys_past_their_time_only(app, client):
+    app.config["IDEMPOTENCY_TTL_SECONDS"] = HOUR
+    body = {"agent_id": "KEYED"}
+    first = client.post("/api/sessions", json=body, headers={"Idempotency-Key": "old"})
+    client.post("/api/sessions", json=body, headers={"Idempotency-Key": "young"})
+    with db.database.connection_context():
+        IdempotencyKey.update(created_at=now_us() - 2 * HOUR * 1_000_000).where(
+            IdempotencyKey.key == "old"
+        ).execute()
+
+    assert prune(app, dry_run=True).keys == 1
+    assert stored_keys() == 2
+    totals = prune(app, pause=0)
+
+    assert (totals.sessions, totals.keys) == (0, 1)
+    assert stored_keys() == 1
+    # The forgotten key is free again: the same request makes a new session.
+    again = client.post("/api/sessions", json=body, headers={"Idempotency-Key": "old"})
+    assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers
+    assert again.get_json()["id"] != first.get_json()["id"]
+    young = client.post("/api/sessions", json=body, headers={"Idempotency-Key": "young"})
+    assert young.headers["Idempotent-Replayed"] == "true"
