@@ -190,8 +190,9 @@ def _prune_sessions(retention, now, dry_run, **batching):
     if dry_run:
         totals = count_expired(cutoff)
         logger.info(
-            "Dry run: would prune %s (final, last active before %s)",
-            totals.describe(),
+            "Dry run: would prune %d sessions, %d messages (final, last active before %s)",
+            totals.sessions,
+            totals.messages,
             format_us(cutoff),
         )
         return totals
