@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run dev test fuzz lint migrate init-db bench bench-finding prune clean
+.PHONY: run dev test fuzz lint migrate init-db bench bench-finding bench-feed prune clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ lint: $(VENV)/.installed-test
 ## bench: wrk load against a bare-Flask ceiling; BENCH_QUICK=1 for a short run
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.feed
+
+## bench-feed: the change feed under load (1,000 long polls, 100 streams); BENCH_QUICK=1 too
+bench-feed: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.feed
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .coverage *.egg-info

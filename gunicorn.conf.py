@@ -47,10 +47,26 @@ group = os.environ.get("GUNICORN_GROUP") or None
 #   Fewer threads per process also wait less for the GIL while holding the
 #   SQLite write lock: creates 1,750/s vs 1,070/s.  GETs were the same;
 #   1 x 8 read 25 % less; 4 x 4 was no faster, with a worse p99.
-# One connection per thread (DATABASE_POOL_SIZE's default): no request waits for one.
+# One connection per thread that serves ordinary requests (DATABASE_POOL_SIZE's
+# default): no such request waits for one.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-threads = _settings["GUNICORN_THREADS"]
+# Waiting requests (long polls with ``wait``, event streams) hold a thread
+# each while they wait, but no database connection, and cost nothing while
+# they wait (sessions_app/waiting.py; its watcher has a connection of its
+# own, outside the pool).  Each worker has a thread for each of its
+# FEED_WAITERS_MAX waiting slots on top of the threads for ordinary
+# requests; a waiter beyond the slots gets a 503 at once, so waiters can
+# never take the threads ordinary requests need.
+# Measured with benchmarks/feed.py (README.rst, Performance) on 2 cores
+# shared with other work (load average 7 to 11): with 1,000 long polls and
+# 100 streams held, gets kept 0.94x (SQLite) and 0.98x (PostgreSQL) of
+# their throughput alone, messages 0.73x and 1.04x; workers 54 to 61 MB;
+# idle, the 1,100 waiters cost the 4 workers 1.1 s of CPU per 10 s.
+# The gevent worker runs the service correctly (tests/test_gevent.py) but
+# was not measured for waiting: a SQLite call stops every greenlet of its
+# worker while it runs, and threads already hold waiters for no connection.
+threads = _settings["GUNICORN_THREADS"] + _settings["FEED_WAITERS_MAX"]
 
 # Clients (and nginx's upstream keepalive) reuse connections: closing each
 # one (keepalive = 0) cost GETs 28 % of their throughput.  5 s and 30 s

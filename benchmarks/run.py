@@ -431,7 +431,9 @@ def empty_postgresql(url):
     create_app({"DATABASE_URL": url})
     migrations.upgrade()
     with db.database.connection_context():
-        db.database.execute_sql("TRUNCATE messages, sessions, idempotency_keys")
+        db.database.execute_sql(
+            "TRUNCATE messages, sessions, idempotency_keys, changes, feed_marks"
+        )
     db.database.close_all()
 
 

@@ -29,6 +29,10 @@ SETTINGS = {
     # Unset: no session expires (see retention.py).
     "SESSION_RETENTION_SECONDS": (None, int),
     "IDEMPOTENCY_TTL_SECONDS": (86_400, int),
+    "CHANGES_RETENTION_SECONDS": (7 * 24 * 3600, int),
+    "STREAM_MAX_SECONDS": (300, int),
+    "STREAM_HEARTBEAT_SECONDS": (15, int),
+    "FEED_WAITERS_MAX": (500, int),
 }
 
 LOG_FORMATS = ("json", "text")
@@ -62,6 +66,10 @@ def load(mapping=None, environ=None):
         "MAX_BODY_BYTES",
         "SQLITE_BUSY_TIMEOUT_MS",
         "IDEMPOTENCY_TTL_SECONDS",
+        "CHANGES_RETENTION_SECONDS",
+        "STREAM_MAX_SECONDS",
+        "STREAM_HEARTBEAT_SECONDS",
+        "FEED_WAITERS_MAX",
     ):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1, not {config[name]}")

@@ -13,6 +13,7 @@ from playhouse.pool import MaxConnectionsExceeded
 from werkzeug.exceptions import (
     BadRequest,
     Conflict,
+    Gone,
     HTTPException,
     InternalServerError,
     NotFound,
@@ -91,6 +92,30 @@ class KeyReused(UnprocessableEntity):
         self.errors = {header: ["Used for a different request (another body or session)."]}
 
 
+class CursorGone(Gone):
+    description = (
+        "Changes after this cursor are no longer kept (CHANGES_RETENTION_SECONDS), so some "
+        "may be lost: list the sessions again, then follow the feed from cursor=latest."
+    )
+
+
+class CursorUnknown(ValidationError):
+    """A feed position past every change recorded: not one the service issued (422)."""
+
+    def __init__(self, name):
+        super().__init__({name: ["Not a cursor this service issued."]})
+
+
+class WaitingFull(ServiceUnavailable):
+    description = (
+        "This server cannot hold another waiting request or stream right now; retry later."
+    )
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+
+
 class DatabaseUnavailable(ServiceUnavailable):
     description = "The database cannot be reached right now; retry the request later."
 
@@ -142,6 +167,16 @@ def handle_database_error(exc):
     return response
 
 
+def handle_waiting_full(exc):
+    """Answer 503 with Retry-After when every waiting slot is taken."""
+    from flask import current_app
+
+    metrics.WAITING_REFUSED.labels(exc.kind).inc()
+    response = handle_http_exception(exc)
+    response.headers["Retry-After"] = str(current_app.config["RETRY_AFTER_SECONDS"])
+    return response
+
+
 def handle_unexpected_error(exc):
     """Log an unexpected error and answer a bare 500."""
     original = getattr(exc, "original_exception", None) or exc
@@ -165,6 +200,7 @@ def init_app(app):
     app.register_error_handler(ValidationError, handle_validation_error)
     for exc_class in (OperationalError, InterfaceError, MaxConnectionsExceeded):
         app.register_error_handler(exc_class, handle_database_error)
+    app.register_error_handler(WaitingFull, handle_waiting_full)
     app.register_error_handler(InternalServerError, handle_unexpected_error)
     app.register_error_handler(NotModified, NotModified.get_response)
     app.register_error_handler(HTTPException, handle_http_exception)

@@ -97,6 +97,24 @@ class QueryInt(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+class FeedCursor(fields.Field):
+    """A position in the change feed: ``latest`` or a change's seq, as text."""
+
+    default_error_messages = {"invalid": "Not a cursor this service issued."}
+    _digits = re.compile(r"0|[1-9][0-9]{0,17}").fullmatch
+
+    def __init__(self, latest, **kwargs):
+        super().__init__(**kwargs)
+        self.latest = latest
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value == self.latest:
+            return value
+        if isinstance(value, str) and self._digits(value):
+            return int(value)
+        raise self.make_error("invalid")
+
+
 class CommaList(fields.String):
     """Comma-separated choices, returned as a tuple without repeats."""
 

@@ -16,6 +16,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -56,6 +57,17 @@ PRUNE_RUNS = Counter(
     "sessions_prune_runs",
     "Runs of the prune command, by outcome: ok, dry-run or error.",
     ["outcome"],
+)
+WAITING = Gauge(
+    "sessions_waiting_requests",
+    "Requests holding a waiting slot, by kind (poll or stream), in all workers.",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
+WAITING_REFUSED = Counter(
+    "sessions_waiting_refused",
+    "Long polls and streams refused (503) because every waiting slot was taken, by kind.",
+    ["kind"],
 )
 
 # A client chooses the method; only these become label values, so a client

@@ -25,7 +25,7 @@ from peewee import (
     fn,
 )
 
-from . import jsonio, metrics
+from . import changes, feed, jsonio, metrics
 from .conditional import check_if_match
 from .db import connected, database
 from .errors import SessionNotFound, StatusConflict
@@ -118,6 +118,7 @@ class Session(BaseModel):
         sql, params = cls.insert(row).sql()
         with database.transaction():
             database.execute_sql(sql, params)
+            feed.record(changes.SESSION_CREATED, row, now)
         logger.info("Created session %s for agent %s", row["id"], agent_id)
         return row
 
@@ -206,16 +207,19 @@ class Session(BaseModel):
             if row is None:
                 raise SessionNotFound(session_id)
             check_if_match(if_match, row["version"])
-            changes = _changes(row, patch)
-            if changes:
-                changes["last_active"] = now_us()
-                if "status" in changes:
-                    changes["status_changed_at"] = changes["last_active"]
-                query = cls.update({**changes, cls.version: cls.version + 1})
-                versions = query.where(cls.id == session_id).returning(cls.version).tuples()
-                row.update(changes, version=versions.execute()[0][0])
-        if changes:
-            logger.info("Updated session %s: %s", session_id, ", ".join(sorted(changes)))
+            changed = _changes(row, patch)
+            if changed:
+                now = now_us()
+                if "status" in changed:
+                    changed["status_changed_at"] = now
+                update = cls.update({**changed, "last_active": now, "version": cls.version + 1})
+                query = update.where(cls.id == session_id).returning(cls.version)
+                version = list(query.tuples().execute())[0][0]
+                fields = [name for name in changes.UPDATABLE if name in changed]
+                row.update(changed, last_active=now, version=version)
+                feed.record(changes.SESSION_UPDATED, row, now, changed=fields)
+        if changed:
+            logger.info("Updated session %s: %s", session_id, ", ".join(fields))
         return row
 
     @classmethod
@@ -235,28 +239,40 @@ class Session(BaseModel):
                 if version is None:
                     raise SessionNotFound(session_id)
                 check_if_match(if_match, version)
-            query = cls.delete().where(cls.id == session_id).returning(cls.message_count)
-            deleted = list(query.tuples().execute())
-        if not deleted:
-            raise SessionNotFound(session_id)
-        logger.info("Deleted session %s (%d messages)", session_id, deleted[0][0])
+            query = cls.delete().where(cls.id == session_id).returning(*_TOMBSTONE_FIELDS)
+            deleted = list(query.dicts().execute())
+            if not deleted:
+                raise SessionNotFound(session_id)
+            last = deleted[0]
+            tombstone = {**last, "id": session_id}
+            feed.record(changes.SESSION_DELETED, tombstone, now_us(), reason=changes.DELETED)
+        logger.info("Deleted session %s (%d messages)", session_id, last["message_count"])
+
+
+_TOMBSTONE_FIELDS = (
+    Session.agent_id,
+    Session.task_id,
+    Session.status,
+    Session.version,
+    Session.message_count,
+)
 
 
 def _changes(row, patch):
     """Return the stored values ``patch`` would change, checking the status move."""
-    changes = {}
+    found = {}
     status = patch.get("status", row["status"])
     if status != row["status"]:
         if not can_move(row["status"], status):
             raise StatusConflict(row["status"], status)
-        changes["status"] = status
+        found["status"] = status
     if "data" in patch:
         data = merge_patch(row["data"], patch["data"])
         if jsonio.canonical(data) != jsonio.canonical(row["data"]):
-            changes["data"] = data
+            found["data"] = data
     if "prompt" in patch and patch["prompt"] != row["prompt"]:
-        changes["prompt"] = patch["prompt"]
-    return changes
+        found["prompt"] = patch["prompt"]
+    return found
 
 
 class Message(BaseModel):
@@ -286,18 +302,20 @@ class Message(BaseModel):
         """Store a message and count it on its session, in one transaction."""
         with database.transaction():
             now = now_us()
-            counted = _count_message.execute(session_id=session_id, now=now).fetchall()
+            counted = _count_message.rows(session_id=session_id, now=now)
             if not counted:
                 _refuse_message(session_id)
+            session = {**counted[0], "id": session_id}
             message_id = new_message_id(now)
             _store_message.execute(
                 session_id=session_id,
-                seq=counted[0][0],
+                seq=session["message_count"],
                 message_id=message_id,
                 role=role,
                 content=content,
                 timestamp=now,
             )
+            feed.record(changes.MESSAGE_CREATED, session, now, message_id=message_id, role=role)
         metrics.MESSAGES_STORED.labels(role).inc()
         return {
             "message_id": message_id,
@@ -434,7 +452,13 @@ _count_message = Prepared(
             ),
         )
         .where((Session.id == session_id) & Session.status.not_in(FINAL_STATUSES))
-        .returning(Session.message_count)
+        .returning(
+            Session.message_count,
+            Session.agent_id,
+            Session.task_id,
+            Session.status,
+            Session.version,
+        )
     )
 )
 
@@ -493,4 +517,4 @@ class IdempotencyKey(BaseModel):
         primary_key = CompositeKey("scope", "key")
 
 
-MODELS = (Session, Message, IdempotencyKey)
+MODELS = (Session, Message, IdempotencyKey, *feed.MODELS)

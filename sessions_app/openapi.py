@@ -20,6 +20,7 @@ from . import auth, conditional, idempotency, jsonio, schemas
 from .fields import (
     MAX_JSON_DEPTH,
     CommaList,
+    FeedCursor,
     JSONObject,
     NotBlank,
     QueryTimestamp,
@@ -82,6 +83,8 @@ class Operation:
     headers: tuple = ()
     #: Its success answers with the session's ``ETag``.
     tagged: bool = False
+    #: Also answers ``text/event-stream`` (server-sent events) when asked for it.
+    streams: bool = False
 
 
 _SESSION_LINKS = {
@@ -193,6 +196,22 @@ OPERATIONS = {
         query=schemas.MessageListQuerySchema,
         errors=(400, 404, 422, 503),
     ),
+    ("GET", "/api/changes"): Operation(
+        "list_changes",
+        "Follow the change feed: every create, update, message and delete",
+        "Changes come oldest first, each once, in `seq` order. Pass `next_cursor` back "
+        "as `cursor` (it is never null); `cursor=latest` starts from now. With `wait`, "
+        "an empty page waits up to that many seconds for a matching change (long poll). "
+        "With `Accept: text/event-stream` the answer is a stream of server-sent events "
+        "(`id` the seq, `event` the type, `data` the change), resumed from "
+        "`Last-Event-ID`. A cursor from before the changes kept is a 410.",
+        200,
+        schemas.ChangeListSchema,
+        query=schemas.ChangeListQuerySchema,
+        errors=(400, 410, 422, 503),
+        tag="changes",
+        streams=True,
+    ),
     ("GET", "/health"): Operation(
         "health",
         "Check the service and its database",
@@ -239,6 +258,8 @@ OUT_SCHEMAS = {
     "MessageReceipt": schemas.MessageReceiptSchema,
     "Message": schemas.MessageSchema,
     "MessageList": schemas.MessageListSchema,
+    "Change": schemas.ChangeSchema,
+    "ChangeList": schemas.ChangeListSchema,
     "Health": schemas.HealthSchema,
 }
 
@@ -260,6 +281,11 @@ ERRORS = {
         "The session's status forbids this (`detail` names it), or a request with this "
         "`Idempotency-Key` is still being handled.",
     ),
+    410: (
+        "Gone",
+        "Changes after this cursor are no longer kept: list the sessions again, "
+        "then continue from `cursor=latest`.",
+    ),
     412: (
         "PreconditionFailed",
         "`If-Match` does not name the session's current tag; `detail` gives its version.",
@@ -271,7 +297,11 @@ ERRORS = {
         "Invalid or unknown fields or parameters, or an `Idempotency-Key` that is malformed "
         "or was used for a different request; `errors` names each.",
     ),
-    503: ("ServiceUnavailable", "The database cannot be reached; retry after Retry-After seconds."),
+    503: (
+        "ServiceUnavailable",
+        "The database cannot be reached, or no more waiting requests can be held; "
+        "retry after Retry-After seconds.",
+    ),
 }
 
 _ETAG = {
@@ -354,6 +384,8 @@ def _custom_field_properties(self, field, **kwargs):
     if isinstance(field, Text) and "pattern" not in kwargs["ret"]:
         blank = any(isinstance(v, NotBlank) for v in field.validators)
         return {"pattern": NOT_BLANK if blank else NO_NUL}
+    if isinstance(field, FeedCursor):
+        return {"type": "string", "pattern": f"^({field.latest}|0|[1-9][0-9]{{0,17}})$"}
     if isinstance(field, CommaList):
         choice = "|".join(re.escape(c) for c in field.choices)
         return {"pattern": f"^({choice})(,({choice}))*$"}
@@ -423,8 +455,11 @@ def _add_components(spec):
     spec.components.schema("JSONValue", JSON_VALUE)
     for name, schema in OUT_SCHEMAS.items():
         spec.components.schema(name, schema=schema)
-        # A response always carries every field of its schema (null where allowed).
-        spec.components.schemas[name]["required"] = list(schema().fields)
+        # A response always carries every field of its schema (null where
+        # allowed), but those that only some kinds of change carry.
+        spec.components.schemas[name]["required"] = [
+            key for key, f in schema().fields.items() if "only_in" not in f.metadata
+        ]
     spec.components.schema("Problem", schema=schemas.ProblemSchema)
     spec.components.schema("ValidationProblem", schema=schemas.ValidationProblemSchema)
     spec.components.parameter(
@@ -452,6 +487,10 @@ def _operation(op):
     success = {"description": op.summary}
     if op.response is not None:
         success["content"] = {op.media_type: {"schema": op.response}}
+        if op.streams:
+            success["content"]["text/event-stream"] = {
+                "schema": {"type": "string", "description": "Server-sent events."}
+            }
     elif op.status != 204:
         kind = "object" if op.media_type == "application/json" else "string"
         success["content"] = {op.media_type: {"schema": {"type": kind}}}

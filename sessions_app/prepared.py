@@ -31,13 +31,13 @@ class Prepared:
         # database -> {shape: (sql, slots, converters)}
         self._compiled = weakref.WeakKeyDictionary()
 
-    def execute(self, **values):
-        """Run the query with ``values``; return the cursor."""
-        return self._run(values)[0]
+    def execute(self, db=None, **values):
+        """Run the query with ``values`` on ``db`` (default: the bound one); return the cursor."""
+        return self._run(db, values)[0]
 
-    def rows(self, **values):
+    def rows(self, db=None, **values):
         """Run the query; return its rows as dicts."""
-        cursor, converters = self._run(values)
+        cursor, converters = self._run(db, values)
         names = [column[0] for column in cursor.description]
         rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         for name, convert in converters.items():
@@ -45,12 +45,12 @@ class Prepared:
                 row[name] = convert(row[name])
         return rows
 
-    def _run(self, values):
-        db, (sql, slots, converters) = self._compile(values)
+    def _run(self, db, values):
+        db, (sql, slots, converters) = self._compile(db, values)
         params = [values[name] if name else const for name, const in slots]
         return db.execute_sql(sql, params), converters
 
-    def _compile(self, values):
+    def _compile(self, db, values):
         shape = []
         for name, value in values.items():
             if isinstance(value, list | tuple | set | frozenset | dict):
@@ -60,7 +60,7 @@ class Prepared:
                 )
             if value is not None:
                 shape.append(name)
-        db = database.obj
+        db = database.obj if db is None else db
         compiled = self._compiled.setdefault(db, {})
         shape = tuple(shape)
         if shape not in compiled:

@@ -9,9 +9,11 @@ so a session changed since it was picked stays.  Until its batch commits a
 session is listed, counted and readable as usual; from then on it is gone
 from every endpoint at once.
 
-Idempotency keys older than ``IDEMPOTENCY_TTL_SECONDS`` are forgotten the
-same way, a small batch at a time.  ``Totals`` and ``prune`` hold one step
-per kind of row.
+Each expired session leaves its ``session.deleted`` tombstone (reason
+``expired``) in the change feed, recorded in the transaction that deletes
+it.  Idempotency keys older than ``IDEMPOTENCY_TTL_SECONDS`` and changes
+older than ``CHANGES_RETENTION_SECONDS`` are removed the same way, a small
+batch at a time.  ``Totals`` and ``prune`` hold one step per kind of row.
 """
 
 import logging
@@ -25,7 +27,7 @@ from flask.cli import with_appcontext
 from peewee import SQL, fn
 from prometheus_client import values
 
-from . import idempotency, metrics
+from . import changes, feed, idempotency, metrics
 from .db import database, describe
 from .models import Session
 from .states import FINAL_STATUSES
@@ -52,6 +54,7 @@ class Totals:
     sessions: int = 0
     messages: int = 0
     keys: int = 0
+    changes: int = 0
 
     def add(self, other):
         for field in fields(self):
@@ -88,10 +91,8 @@ def delete_expired(cutoff, ids):
     """Delete those of the sessions ``ids`` still expired, with their messages, in one transaction.
 
     Return the deleted sessions (``id``, ``agent_id``, ``task_id``,
-    ``status``, ``message_count``).  Each batch's deletion goes through here
-    and only here: a session's ``session.deleted`` tombstone (reason
-    ``expired``, contract section 7) is to be recorded inside this
-    transaction, from these rows.
+    ``status``, ``version``, ``message_count``), whose ``session.deleted``
+    tombstones (reason ``expired``) are recorded in the same transaction.
     """
     # The expiry is checked again in the DELETE: a session changed since it
     # was picked (a PATCH of its data moves last_active) stays.
@@ -99,11 +100,20 @@ def delete_expired(cutoff, ids):
         Session.delete()
         .where(Session.id.in_(ids) & _expired(cutoff))
         .returning(
-            Session.id, Session.agent_id, Session.task_id, Session.status, Session.message_count
+            Session.id,
+            Session.agent_id,
+            Session.task_id,
+            Session.status,
+            Session.version,
+            Session.message_count,
         )
     )
     with database.atomic():
-        return list(query.dicts().execute())
+        deleted = list(query.dicts().execute())
+        now = now_us()
+        for row in deleted:
+            feed.record(changes.SESSION_DELETED, row, now, reason=changes.EXPIRED)
+    return deleted
 
 
 def prune_sessions(
@@ -157,11 +167,17 @@ def prune(config, dry_run=False, now=None, **batching):
     now = now_us() if now is None else now
     totals = _prune_sessions(config["SESSION_RETENTION_SECONDS"], now, dry_run, **batching)
     keys_before = now - config["IDEMPOTENCY_TTL_SECONDS"] * 1_000_000
+    changes_before = feed.retention_cutoff(config["CHANGES_RETENTION_SECONDS"], now)
     if dry_run:
         totals.keys = idempotency.count_expired(keys_before)
-        logger.info("Dry run: would forget %d idempotency keys", totals.keys)
+        totals.changes = feed.count_older_than(changes_before)
+        logger.info(
+            "Dry run: would forget %d idempotency keys and %d changes", totals.keys, totals.changes
+        )
     else:
         totals.keys = prune_keys(keys_before, batching.get("pause", MIN_PAUSE))
+        totals.changes = feed.remove_older_than(changes_before)
+        metrics.PRUNED.labels("changes").inc(totals.changes)
         logger.info("Pruned %s", totals.describe())
     return totals
 
@@ -174,8 +190,9 @@ def _prune_sessions(retention, now, dry_run, **batching):
     if dry_run:
         totals = count_expired(cutoff)
         logger.info(
-            "Dry run: would prune %s (final, last active before %s)",
-            totals.describe(),
+            "Dry run: would prune %d sessions, %d messages (final, last active before %s)",
+            totals.sessions,
+            totals.messages,
             format_us(cutoff),
         )
         return totals

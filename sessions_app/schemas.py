@@ -3,11 +3,28 @@
 Every In schema rejects unknown keys (marshmallow's default, RAISE).
 """
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import (
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
-from . import states
+from . import changes, states
 from .dumping import dumper
-from .fields import CommaList, JSONObject, NotBlank, QueryInt, QueryTimestamp, Text, Timestamp
+from .fields import (
+    CommaList,
+    FeedCursor,
+    JSONObject,
+    NotBlank,
+    QueryInt,
+    QueryTimestamp,
+    Text,
+    Timestamp,
+)
 from .ids import MESSAGE_ID_PATTERN, SESSION_ID_PATTERN
 from .paging import ORDERS, SORTS, CursorError, session_position
 
@@ -16,6 +33,8 @@ DEFAULT_LIMIT = 100
 _limit = {"load_default": DEFAULT_LIMIT, "validate": validate.Range(1, MAX_LIMIT)}
 _name = {"validate": validate.Length(1, 255)}
 _not_issued = "Not a cursor this service issued."
+MAX_WAIT = 60
+_wait = {"load_default": 0, "validate": validate.Range(0, MAX_WAIT)}
 
 
 # -- In ---------------------------------------------------------------------
@@ -122,8 +141,49 @@ class MessageListQuerySchema(Schema):
         **_about("asc: oldest first; desc: newest first (the last messages)."),
     )
     cursor = QueryInt(
-        validate=validate.Range(1, 2**31 - 1, error=_not_issued),
-        **_about("The next_cursor of the previous page; it continues in the same order."),
+        validate=validate.Range(0, 2**31 - 1, error=_not_issued),
+        **_about(
+            "The next_cursor of the previous page; it continues in the same order "
+            "(0: before the first message)."
+        ),
+    )
+    wait = QueryInt(
+        validate=validate.Range(0, MAX_WAIT),
+        **_about(
+            "Seconds to wait for the next message when the page is empty "
+            "(oldest first only); next_cursor is then never null."
+        ),
+    )
+
+    @validates_schema
+    def _wait_goes_forward(self, data, **kwargs):
+        # A tail waits for the next message; newest first has no "next" to wait for.
+        if data.get("wait") is not None and data.get("order") == "desc":
+            raise ValidationError({"wait": ["Only with order=asc (oldest first)."]})
+
+
+class ChangeListQuerySchema(Schema):
+    cursor = FeedCursor(
+        changes.LATEST,
+        **_about(
+            "A previous next_cursor, a change's seq, or latest (from now on); "
+            "without it the feed starts at the oldest change kept."
+        ),
+    )
+    limit = QueryInt(**_limit, **_about("Changes per page."))
+    session_id = Text(**_name, **_about("Only changes of this session."))
+    agent_id = Text(**_name, **_about("Only changes of this agent's sessions."))
+    task_id = Text(
+        validate=validate.Length(max=255), **_about("Only changes of this task's sessions.")
+    )
+    types = CommaList(
+        changes.TYPES,
+        data_key="type",
+        **_about("Only changes of this type, or of any of several."),
+    )
+    wait = QueryInt(
+        **_wait,
+        **_about("Seconds to wait for a matching change when there is none yet (long poll)."),
     )
 
 
@@ -193,6 +253,37 @@ class MessageListSchema(Schema):
     next_cursor = fields.String(allow_none=True)
 
 
+class ChangeSchema(Schema):
+    seq = fields.Integer()
+    type = fields.String(validate=validate.OneOf(changes.TYPES))
+    session_id = fields.String(**_session_id)
+    agent_id = fields.String()
+    task_id = fields.String(allow_none=True)
+    status = fields.String(validate=validate.OneOf(states.STATUSES))
+    version = fields.Integer()
+    at = Timestamp()
+    # Only in some types of change (openapi.py leaves them out of "required").
+    message_id = fields.String(
+        validate=validate.Regexp(f"^{MESSAGE_ID_PATTERN}$"),
+        metadata={"only_in": changes.MESSAGE_CREATED},
+    )
+    role = fields.String(
+        validate=validate.OneOf(states.ROLES), metadata={"only_in": changes.MESSAGE_CREATED}
+    )
+    changed = fields.List(
+        fields.String(validate=validate.OneOf(changes.UPDATABLE)),
+        metadata={"only_in": changes.SESSION_UPDATED},
+    )
+    reason = fields.String(
+        validate=validate.OneOf(changes.REASONS), metadata={"only_in": changes.SESSION_DELETED}
+    )
+
+
+class ChangeListSchema(Schema):
+    changes = fields.List(fields.Nested(ChangeSchema))
+    next_cursor = fields.String()
+
+
 class HealthSchema(Schema):
     status = fields.Constant("ok")
 
@@ -222,6 +313,7 @@ session_list_query_schema = SessionListQuerySchema()
 session_count_query_schema = SessionFilterQuerySchema()
 message_create_schema = MessageCreateSchema()
 message_list_query_schema = MessageListQuerySchema()
+change_list_query_schema = ChangeListQuerySchema()
 no_query_schema = NoQuerySchema()
 
 session_schema = SessionSchema()
@@ -236,3 +328,5 @@ dump_session_list = dumper(session_list_schema)
 dump_session_count = dumper(session_count_schema)
 dump_message_receipt = dumper(message_receipt_schema)
 dump_message_list = dumper(message_list_schema)
+dump_change = dumper(ChangeSchema())
+dump_change_list = dumper(ChangeListSchema())

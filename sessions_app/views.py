@@ -5,7 +5,7 @@ from functools import partial
 from flask import Blueprint, current_app, url_for
 from werkzeug.routing import BaseConverter
 
-from . import idempotency
+from . import changes, feed, idempotency, sse
 from .conditional import (
     ETAG,
     IF_MATCH,
@@ -19,6 +19,9 @@ from .models import Message, Session
 from .paging import cut_page, session_cursor
 from .parsing import load_json, load_query, read_json
 from .schemas import (
+    change_list_query_schema,
+    dump_change,
+    dump_change_list,
     dump_message_list,
     dump_message_receipt,
     dump_session,
@@ -129,6 +132,40 @@ def _no_content():
 @bp.get("/sessions/<session_id:session_id>/messages")
 def list_messages(session_id):
     query = load_query(message_list_query_schema)
-    rows = Message.page(session_id, query["limit"], query.get("cursor"), query["order"])
-    messages, next_cursor = cut_page(rows, query["limit"], lambda row: str(row["seq"]))
+    cursor, limit, order, wait = (query.get(k) for k in ("cursor", "limit", "order", "wait"))
+    rows = feed.wait_for_session(
+        session_id, lambda: Message.page(session_id, limit, cursor, order), wait, sse.client_gone()
+    )
+    messages, next_cursor = cut_page(rows, limit, lambda row: str(row["seq"]))
+    if wait is not None and next_cursor is None:
+        # Tailing a conversation: continue after the last message seen.
+        next_cursor = str(messages[-1]["seq"] if messages else cursor or 0)
     return dump_message_list({"messages": messages, "next_cursor": next_cursor})
+
+
+@bp.get("/changes")
+def list_changes():
+    query = load_query(change_list_query_schema)
+    if sse.wanted():
+        return _change_stream(query)
+    changes, next_position = feed.read(**query, gone=sse.client_gone())
+    return dump_change_list({"changes": changes, "next_cursor": str(next_position)})
+
+
+def _change_stream(query):
+    config = current_app.config
+    last_event_id = sse.last_event_id()
+    # A stream has no pages and never times out: limit and wait do not apply.
+    del query["limit"], query["wait"]
+    cursor = query.pop("cursor", changes.LATEST)
+    follower = feed.Follower(
+        cursor if last_event_id is None else last_event_id,
+        heartbeat=config["STREAM_HEARTBEAT_SECONDS"],
+        max_seconds=config["STREAM_MAX_SECONDS"],
+        name="cursor" if last_event_id is None else sse.LAST_EVENT_ID,
+        gone=sse.client_gone(),
+        **query,
+    )
+    return sse.response(
+        follower, lambda change: (change["seq"], change["type"], dump_change(change))
+    )

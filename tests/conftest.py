@@ -3,6 +3,7 @@ PostgreSQL too when TEST_DATABASE_URL is set."""
 
 import logging
 import os
+import threading
 from contextlib import contextmanager
 
 import pytest
@@ -110,10 +111,12 @@ class QueryCounter(logging.Handler):
         super().__init__(logging.DEBUG)
         self.statements = []
         self.queries = []
+        self.thread = threading.get_ident()
 
     def emit(self, record):
-        # Children such as "peewee.pool" log connection bookkeeping, not SQL.
-        if record.name == "peewee":
+        # Children such as "peewee.pool" log connection bookkeeping, not SQL;
+        # other threads (the change feed's watcher) are not the request's.
+        if record.name == "peewee" and record.thread == self.thread:
             self.statements.append(record.getMessage())
             self.queries.append(record.msg)
 

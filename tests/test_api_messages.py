@@ -94,7 +94,6 @@ LIMIT_RANGE = "Must be greater than or equal to 1 and less than or equal to 1000
         ("limit=99999999999999999999", {"limit": ["Not a valid integer."]}),
         ("cursor=abc", {"cursor": ["Not a valid integer."]}),
         ("cursor=", {"cursor": ["Not a valid integer."]}),
-        ("cursor=0", {"cursor": [NOT_ISSUED]}),
         ("cursor=-1", {"cursor": ["Not a valid integer."]}),
         ("cursor=9999999999", {"cursor": [NOT_ISSUED]}),
         ("cursor=%ED%A0%80", {"cursor": ["Not a valid integer."]}),

@@ -92,15 +92,47 @@ def excluded_checks(case):
     return [positive_data_acceptance] if opaque else []
 
 
+@schemathesis.hook
+def before_call(ctx, case, **kwargs):
+    """Long polls answer at once here: waiting has tests of its own (test_api_changes.py)."""
+    if not case.query:
+        return
+    # Only valid values are replaced, so invalid ones are still refused.
+    if (
+        re.fullmatch("[0-9]{1,2}", str(case.query.get("wait", "")))
+        and int(case.query["wait"]) <= 60
+    ):
+        case.query["wait"] = "0"
+    # A seq past the newest change is a 422 (section 7), which a pattern
+    # cannot say: start the feed from its beginning instead.
+    if case.operation.path == "/api/changes" and re.fullmatch(
+        "0|[1-9][0-9]{0,17}", str(case.query.get("cursor", ""))
+    ):
+        case.query["cursor"] = "0"
+
+
+@schemathesis.hook
+def filter_failure(ctx, failure, case, response):
+    """Keep every failure but "negative data accepted" for a query whose extra
+    parameters are empty lists: those are never sent, so the request is valid."""
+    if type(failure).__name__ != "AcceptedNegativeData" or not case.query:
+        return True
+    known = {parameter.name for parameter in case.operation.query}
+    extra = [value for name, value in case.query.items() if name not in known]
+    return not extra or any(value != [] for value in extra)
+
+
 @schema.parametrize()
 @SETTINGS
 def test_every_operation_keeps_the_contract(case, app):
+    app.config["STREAM_MAX_SECONDS"] = 0  # a stream, when asked for, ends at once
     valid_headers(case)
     own_key(case)
     case.call_and_validate(app=app, excluded_checks=excluded_checks(case))
 
 
 def test_sessions_keep_the_contract_through_their_life(app):
+    app.config["STREAM_MAX_SECONDS"] = 0
     base = accepting_412(schemathesis.openapi.from_wsgi("/api/openapi.json", app))
 
     class Machine(base.as_state_machine()):

@@ -11,10 +11,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -268,6 +270,67 @@ def test_a_missing_token_is_a_401_problem_through_nginx(deployed):
     assert TOKEN not in deployed["app_log"].read_text()
 
 
+def test_nginx_refuses_a_malformed_path_with_a_400_problem(deployed):
+    # requests would quote the NUL: send the bytes as a client could.
+    host, port = deployed["http"].removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(b"GET /api/sessions/%00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := client.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"Content-Type: application/problem+json" in head
+    problem = json.loads(body)
+    assert SANE_ID(problem.pop("instance"))
+    assert problem == {
+        "type": "about:blank",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": "The request is malformed and was refused before it reached the service.",
+    }
+
+
+def test_a_long_poll_through_nginx_is_woken_by_a_write(deployed):
+    start = call(deployed, "GET", "/api/changes?cursor=latest", 200).json()["next_cursor"]
+    answer = {}
+
+    def wait():
+        answer["page"] = call(
+            deployed, "GET", f"/api/changes?cursor={start}&wait=30&agent_id=nginx-poll", 200
+        ).json()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(1)
+    made = call(deployed, "POST", "/api/sessions", 201, json={"agent_id": "nginx-poll"}).json()
+    waiter.join()
+    assert [c["session_id"] for c in answer["page"]["changes"]] == [made["id"]]
+
+
+def test_a_stream_through_nginx_survives_a_quiet_spell(deployed):
+    """20 s without a change: the heartbeats (every 15 s) keep nginx from closing it."""
+    with requests.get(
+        deployed["http"] + "/api/changes",
+        headers={**AUTH, "Accept": "text/event-stream"},
+        stream=True,
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        lines = response.iter_lines(chunk_size=1, decode_unicode=True)
+        assert next(lines).startswith(":"), "the stream opens at once, through nginx"
+        time.sleep(20)
+        made = call(deployed, "POST", "/api/sessions", 201, json={"agent_id": "quiet"}).json()
+        seen = []
+        for line in lines:
+            seen.append(line)
+            if line.startswith("data:"):
+                break
+    assert any(line.startswith(": keep-alive") for line in seen)
+    assert made["id"] in seen[-1]
+
+
 def test_the_socket_is_closed_to_other_users(deployed):
     assert deployed["socket"].stat().st_mode & 0o777 == 0o770
 
@@ -352,8 +415,8 @@ def test_the_prune_unit_deletes_expired_sessions_of_the_deployed_service(deploye
     )
     assert ran.returncode == 0, ran.stderr
     *log, summary = ran.stdout.splitlines()
-    assert summary.startswith("Deleted 1 sessions, 1 messages, 0 keys in ")
-    assert json.loads(log[-1])["message"] == "Pruned 1 sessions, 1 messages, 0 keys"
+    assert summary.startswith("Deleted 1 sessions, 1 messages, 0 keys, 0 changes in ")
+    assert json.loads(log[-1])["message"] == "Pruned 1 sessions, 1 messages, 0 keys, 0 changes"
 
     call(deployed, "GET", f"/api/sessions/{doomed['id']}", 404)
     call(deployed, "GET", f"/api/sessions/{kept['id']}", 200)

@@ -137,7 +137,9 @@ def test_prune_under_writers_deletes_only_the_expired(empty_database_url, tmp_pa
         assert pruned.returncode == 0, pruned.stderr
         total = EXPIRED * MESSAGES_EACH
         *log, summary = pruned.stdout.splitlines()
-        assert summary.startswith(f"Deleted {EXPIRED:,} sessions, {total:,} messages, 0 keys in ")
+        assert summary.startswith(
+            f"Deleted {EXPIRED:,} sessions, {total:,} messages, 0 keys, 0 changes in "
+        )
         assert failures == []
         assert made, "the writers wrote while prune ran"
         for agent in ("expired-0", "expired-1", "expired-2"):
@@ -154,4 +156,4 @@ def test_prune_under_writers_deletes_only_the_expired(empty_database_url, tmp_pa
         assert f'sessions_pruned_total{{what="sessions"}} {float(EXPIRED)}' in metrics
         assert f'sessions_pruned_total{{what="messages"}} {float(total)}' in metrics
         assert 'sessions_prune_runs_total{outcome="ok"} 1.0' in metrics
-        assert messages[-1] == f"Pruned {EXPIRED:,} sessions, {total:,} messages, 0 keys"
+        assert messages[-1] == f"Pruned {EXPIRED:,} sessions, {total:,} messages, 0 keys, 0 changes"

@@ -70,15 +70,15 @@ def test_get_session_is_one_query(api, count_queries):
     assert statement_kinds(counted) == ["SELECT"]
 
 
-def test_message_write_is_two_statements_in_one_transaction(api, count_queries, monkeypatch):
-    """The count moves and the message is stored by one UPDATE and one INSERT."""
+def test_message_write_is_three_statements_in_one_transaction(api, count_queries, monkeypatch):
+    """The count moves, the message is stored and its change recorded: UPDATE, INSERT, INSERT."""
     session = api.create()
     with count_queries() as counted:
         # peewee does not log BEGIN and COMMIT: note them where they happen.
         for name in ("begin", "commit", "rollback"):
             monkeypatch.setattr(db.database.obj, name, noted(counted, name))
         api.send(session["id"])
-    assert statement_kinds(counted) == ["BEGIN", "UPDATE", "INSERT", "COMMIT"]
+    assert statement_kinds(counted) == ["BEGIN", "UPDATE", "INSERT", "INSERT", "COMMIT"]
 
 
 def noted(counted, name):

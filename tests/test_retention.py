@@ -8,6 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from sessions_app import db, retention
+from sessions_app.feed import Change
 from sessions_app.models import IdempotencyKey, Message, Session
 from sessions_app.timefmt import now_us
 
@@ -114,7 +115,7 @@ def test_prune_goes_in_batches_and_logs_and_counts_each(app, api, caplog):
         "Pruned a batch of 2 sessions (2 messages); 4 sessions, 4 messages so far",
         "Pruned a batch of 1 sessions (1 messages); 5 sessions, 5 messages so far",
     ]
-    assert caplog.records[-1].getMessage() == "Pruned 5 sessions, 5 messages, 0 keys"
+    assert caplog.records[-1].getMessage() == "Pruned 5 sessions, 5 messages, 0 keys, 0 changes"
     assert REGISTRY.get_sample_value("sessions_pruned_total", sample) == before + 5
 
 
@@ -137,12 +138,12 @@ def test_the_prune_command(app, api, kept_and_expired):
     runner = app.test_cli_runner()
     dry = runner.invoke(args=["prune", "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert dry.output.startswith("Would delete 2 sessions, 2 messages, 0 keys in ")
+    assert dry.output.startswith("Would delete 2 sessions, 2 messages, 0 keys, 0 changes in ")
     done = runner.invoke(args=["prune", "--batch", "1"])
     assert done.exit_code == 0, done.output
-    assert done.output.startswith("Deleted 2 sessions, 2 messages, 0 keys in ")
+    assert done.output.startswith("Deleted 2 sessions, 2 messages, 0 keys, 0 changes in ")
     again = runner.invoke(args=["prune"])
-    assert again.output.startswith("Deleted 0 sessions, 0 messages, 0 keys in ")
+    assert again.output.startswith("Deleted 0 sessions, 0 messages, 0 keys, 0 changes in ")
     metrics = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'sessions_prune_runs_total{outcome="dry-run"}' in metrics
     assert 'sessions_pruned_total{what="messages"}' in metrics
@@ -230,3 +231,40 @@ def test_prune_forgets_idempotency_keys_past_their_time_only(app, client):
     assert again.get_json()["id"] != first.get_json()["id"]
     young = client.post("/api/sessions", json=body, headers={"Idempotency-Key": "young"})
     assert young.headers["Idempotent-Replayed"] == "true"
+
+
+def test_an_expired_session_leaves_its_tombstone_in_the_feed(app, api, client, kept_and_expired):
+    _kept, expired = kept_and_expired
+    last = {session_id: api.get(session_id) for session_id in expired}
+    start = client.get("/api/changes?cursor=latest").get_json()["next_cursor"]
+
+    prune(app, pause=0)
+
+    page = client.get(f"/api/changes?cursor={start}").get_json()
+    tombstones = {c["session_id"]: c for c in page["changes"]}
+    assert set(tombstones) == set(expired)
+    for session_id, change in tombstones.items():
+        assert change["type"] == "session.deleted"
+        assert change["reason"] == "expired"
+        for field in ("agent_id", "task_id", "status", "version"):
+            assert change[field] == last[session_id][field], field
+
+
+def test_prune_removes_changes_past_their_window_and_older_cursors_get_410(app, api, client):
+    app.config["CHANGES_RETENTION_SECONDS"] = HOUR
+    old = api.create(agent_id="OLD")
+    api.create(agent_id="NEW")
+    with db.database.connection_context():
+        Change.update(at=now_us() - 2 * HOUR * 1_000_000).where(
+            Change.session_id == old["id"]
+        ).execute()
+    seqs = [c["seq"] for c in client.get("/api/changes").get_json()["changes"]]
+
+    assert prune(app, dry_run=True).changes == 1
+    totals = prune(app, pause=0)
+
+    assert totals.changes == 1
+    kept = client.get("/api/changes").get_json()["changes"]
+    assert [c["seq"] for c in kept] == seqs[1:]
+    assert client.get("/api/changes?cursor=0").status_code == 410
+    assert client.get(f"/api/changes?cursor={seqs[0]}").status_code == 200
