@@ -24,6 +24,10 @@ def test_defaults_without_environment():
         "GUNICORN_THREADS": 2,
         "SESSION_RETENTION_SECONDS": None,
         "IDEMPOTENCY_TTL_SECONDS": 86_400,
+        "CHANGES_RETENTION_SECONDS": 604_800,
+        "STREAM_MAX_SECONDS": 300,
+        "STREAM_HEARTBEAT_SECONDS": 15,
+        "FEED_WAITERS_MAX": 500,
     }
 
 
