@@ -10,7 +10,6 @@ from marshmallow import (
     fields,
     post_load,
     validate,
-    validates_schema,
 )
 
 from . import changes, states
@@ -150,16 +149,10 @@ class MessageListQuerySchema(Schema):
     wait = QueryInt(
         validate=validate.Range(0, MAX_WAIT),
         **_about(
-            "Seconds to wait for the next message when the page is empty "
-            "(oldest first only); next_cursor is then never null."
+            "Seconds to wait, when the page is empty, for a message it would hold; "
+            "next_cursor is then never null."
         ),
     )
-
-    @validates_schema
-    def _wait_goes_forward(self, data, **kwargs):
-        # A tail waits for the next message; newest first has no "next" to wait for.
-        if data.get("wait") is not None and data.get("order") == "desc":
-            raise ValidationError({"wait": ["Only with order=asc (oldest first)."]})
 
 
 class ChangeListQuerySchema(Schema):

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 from databases import BACKENDS, new_database
+from servers import serving
 
 from sessions_app import create_app, db, migrations
 
@@ -25,6 +26,26 @@ def empty_database_url(request, tmp_path):
     """The URL of a database with no tables at all (see ``new_database``)."""
     with new_database(request.param, tmp_path) as url:
         yield url
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server_database_url(request, tmp_path_factory):
+    """A fresh database for one module's server: a temp SQLite file or a new PostgreSQL one."""
+    with new_database(request.param, tmp_path_factory.mktemp("server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server(server_database_url, tmp_path_factory):
+    """Gunicorn, 4 workers x 4 threads, on a free port: yield its base URL; stop it by its PID."""
+    run_dir = tmp_path_factory.mktemp("gunicorn")
+    try:
+        with serving(
+            run_dir, WEB_CONCURRENCY="4", GUNICORN_THREADS="4", DATABASE_URL=server_database_url
+        ) as (base_url, _process):
+            yield base_url
+    finally:
+        print(f"\n[server log: {run_dir / 'gunicorn.log'}]")
 
 
 @pytest.fixture

@@ -94,13 +94,15 @@ def conf(tmp_path, monkeypatch):
     return runpy.run_path(str(CONF))
 
 
-def test_the_pool_has_a_connection_per_thread_unless_told(conf, monkeypatch):
+def test_the_pool_has_a_connection_per_request_thread_unless_told(conf, monkeypatch):
     from sessions_app import config
 
-    monkeypatch.setenv("GUNICORN_THREADS", str(conf["threads"]))
-    assert config.load()["DATABASE_POOL_SIZE"] == conf["threads"] == 2
+    # A waiting slot has a thread of its own but holds no connection.
+    assert conf["threads"] == 2 + 500
+    assert config.load()["DATABASE_POOL_SIZE"] == 2
     monkeypatch.setenv("GUNICORN_THREADS", "6")
-    assert runpy.run_path(str(CONF))["threads"] == 6
+    monkeypatch.setenv("FEED_WAITERS_MAX", "10")
+    assert runpy.run_path(str(CONF))["threads"] == 16
     assert config.load()["DATABASE_POOL_SIZE"] == 6
     monkeypatch.setenv("DATABASE_POOL_SIZE", "3")
     assert config.load()["DATABASE_POOL_SIZE"] == 3

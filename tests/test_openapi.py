@@ -131,7 +131,7 @@ def test_a_secured_service_documents_its_token(database_url):
         (method, path)
         for path, methods in document["paths"].items()
         for method in methods
-        if method != "parameters" and path.startswith("/api/sessions")
+        if method != "parameters" and path.startswith(("/api/sessions", "/api/changes"))
     }
 
 
@@ -154,6 +154,7 @@ def test_the_document_names_each_operation_of_the_service(document):
         ("post", "/api/sessions/{session_id}/message"): "send_message",
         ("post", "/api/sessions/{session_id}/messages"): "send_message_to_messages",
         ("get", "/api/sessions/{session_id}/messages"): "list_messages",
+        ("get", "/api/changes"): "list_changes",
         ("get", "/health"): "health",
         ("get", "/metrics"): "metrics",
         ("get", "/api/openapi.json"): "openapi_document",

@@ -12,8 +12,6 @@ from collections import Counter
 import psycopg
 import pytest
 import requests
-from databases import BACKENDS, new_database
-from servers import serving
 
 pytestmark = pytest.mark.server
 
@@ -21,29 +19,6 @@ CLIENTS = 16
 MESSAGES_EACH = 50
 PATCHES_EACH = 10
 MIXED_OPS_EACH = 40
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def server_database_url(request, tmp_path_factory):
-    """A fresh database for one server: a temp SQLite file, or a new PostgreSQL database."""
-    with new_database(request.param, tmp_path_factory.mktemp("server")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def server(server_database_url, tmp_path_factory):
-    """Start Gunicorn on a free port, yield its base URL, stop it by its PID."""
-    run_dir = tmp_path_factory.mktemp("gunicorn")
-    try:
-        with serving(
-            run_dir,
-            WEB_CONCURRENCY="4",
-            GUNICORN_THREADS="4",
-            DATABASE_URL=server_database_url,
-        ) as (base_url, _process):
-            yield base_url
-    finally:
-        print(f"\n[server log: {run_dir / 'gunicorn.log'}]")
 
 
 class Tally:

@@ -12,32 +12,12 @@ from collections import Counter
 
 import pytest
 import requests
-from databases import BACKENDS, new_database
-from servers import serving
 
 pytestmark = pytest.mark.server
 
 CLIENTS = 16
 SAME_KEY_EACH = 20
 INCREMENTS_EACH = 5
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def server_database_url(request, tmp_path_factory):
-    with new_database(request.param, tmp_path_factory.mktemp("retries")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def server(server_database_url, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("gunicorn")
-    try:
-        with serving(
-            run_dir, WEB_CONCURRENCY="4", GUNICORN_THREADS="4", DATABASE_URL=server_database_url
-        ) as (base_url, _process):
-            yield base_url
-    finally:
-        print(f"\n[server log: {run_dir / 'gunicorn.log'}]")
 
 
 def backend(url):
