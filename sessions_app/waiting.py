@@ -386,15 +386,30 @@ def _stop_all():
             thread.join(2)
 
 
+_stopping = threading.Event()
+
+
+def stop_waiting():
+    """End every waiting request of this process within a second: the worker is stopping.
+
+    Long polls answer at once (an empty page and its ``next_cursor``) and
+    streams end, so their clients go on elsewhere and the worker is not held
+    until Gunicorn's graceful timeout runs out (``gunicorn.conf.py`` calls
+    this when a worker is told to stop).
+    """
+    _stopping.set()
+
+
 def client_gone(environ):
     """Return a function telling whether the request's client has closed its connection.
 
     Gunicorn puts the client's socket in the environ; a socket that reads as
     closed (EOF) means the client has gone.  Elsewhere the answer is always no.
+    Once the worker is stopping (``stop_waiting``) every client counts as gone.
     """
     sock = environ.get("gunicorn.socket")
     if sock is None:
-        return lambda: False
+        return _stopping.is_set
     # poll, not select: a busy worker's descriptors go past select's 1,024.
     # And not a bare recv: on a socket with a timeout, Python waits out the
     # timeout for it (and a TimeoutError is not a closed connection).
@@ -402,6 +417,8 @@ def client_gone(environ):
     poller.register(sock.fileno(), select.POLLIN | _HANGUP)
 
     def gone():
+        if _stopping.is_set():
+            return True
         events = poller.poll(0)
         if not events:
             return False

@@ -299,3 +299,35 @@ def test_waiters_that_disconnect_free_their_slots(tmp_path, database_url):
         # ...and the house takes a waiter again.
         page = requests.get(f"{base_url}/api/changes?cursor=latest&wait=1", timeout=10)
         assert page.status_code == 200
+
+
+def test_a_stopping_worker_ends_its_streams_and_long_polls_at_once(tmp_path, database_url):
+    """SIGTERM: the stream ends and the long poll answers, well before the graceful timeout."""
+    with serving(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY="1") as (base_url, master):
+        answer = {}
+        poll = threading.Thread(
+            target=lambda: answer.update(
+                requests.get(f"{base_url}/api/changes?cursor=latest&wait=60", timeout=90).json()
+            )
+        )
+        poll.start()
+        with requests.get(
+            f"{base_url}/api/changes",
+            headers={"Accept": "text/event-stream"},
+            stream=True,
+            timeout=90,
+        ) as response:
+            lines = response.iter_lines(chunk_size=1, decode_unicode=True)
+            assert read_events(lines, 1, 5)[0][0].startswith(":")
+            time.sleep(1)  # the long poll is waiting too
+            began = time.monotonic()
+            master.terminate()
+            rest = list(lines)  # returns once the server ends the stream
+            ended = time.monotonic() - began
+            poll.join(30)
+            assert master.wait(30) == 0
+            stopped = time.monotonic() - began
+    assert all(not line or line.startswith(":") for line in rest)
+    assert answer["changes"] == [] and answer["next_cursor"].isdigit()
+    # Gunicorn's graceful timeout is 30 s: without the stop, both waited it out.
+    assert ended < 10 and stopped < 15, (ended, stopped)
