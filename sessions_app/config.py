@@ -33,6 +33,7 @@ SETTINGS = {
     "STREAM_MAX_SECONDS": (300, int),
     "STREAM_HEARTBEAT_SECONDS": (15, int),
     "FEED_WAITERS_MAX": (500, int),
+    "STREAM_BACKLOG_MAX": (10_000, int),
 }
 
 LOG_FORMATS = ("json", "text")
@@ -70,6 +71,7 @@ def load(mapping=None, environ=None):
         "STREAM_MAX_SECONDS",
         "STREAM_HEARTBEAT_SECONDS",
         "FEED_WAITERS_MAX",
+        "STREAM_BACKLOG_MAX",
     ):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1, not {config[name]}")

@@ -48,6 +48,7 @@ from peewee import (
     IntegerField,
     Model,
     NodeList,
+    OperationalError,
     PostgresqlDatabase,
 )
 
@@ -213,18 +214,24 @@ def position(cursor, name="cursor"):
     return cursor
 
 
-def page(after, limit, session_id=None, agent_id=None, task_id=None, types=None):
+def page(after, limit, session_id=None, agent_id=None, task_id=None, types=None, db=None):
     """Return ``(changes, next_position)``: up to ``limit`` matching changes after ``after``.
 
     A reader sees a prefix of the feed (module docstring), so the newest seq
     read first bounds what the page looked at: when fewer than ``limit``
-    match, the page has looked at everything up to it.
+    match, the page has looked at everything up to it.  Raises
+    ``CursorGone`` when retention has removed changes after ``after``: a
+    reader that went on would skip them.  ``db``: the database to read
+    (default: the bound one).
     """
-    horizon, _removed = marks()
+    horizon, removed = marks(db)
+    if after < removed:
+        raise CursorGone()
     if horizon <= after:
         return [], after
     type_slots = _type_slots(types)
     rows = _page.rows(
+        db,
         after=after,
         newest=horizon,
         limit=limit,
@@ -260,23 +267,12 @@ def read(cursor=None, limit=100, wait=0, gone=None, **filters):
         found, through = page(position(cursor), limit, **filters)
     if found or not wait:
         return found, through
-    deadline = time.monotonic() + wait
-    # No connection is held from here on: each read below takes one briefly.
-    with _subscription(matcher(**filters)) as subscription:
-        while time.monotonic() < deadline:
-            if not subscription.follow(through):
-                # The watcher is past ``through``: read what it has handed out.
-                with database.connection_context():
-                    found, through = page(through, limit, **filters)
-                if found:
-                    return found, through
-                continue
-            if not _wait(subscription, deadline, gone):
-                break
-            found, through = subscription.take(limit)
+    with _waiting(POLL, filters) as waiter:
+        for found, reached in waiter.follow(through, time.monotonic() + wait, gone, limit):
+            through = reached
             if found:
-                return found, through
-        return [], subscription.take()[1] if subscription.after is not None else through
+                break
+    return found, through
 
 
 def wait_for_session(session_id, read_page, wait, gone=None):
@@ -292,24 +288,16 @@ def wait_for_session(session_id, read_page, wait, gone=None):
     rows = read_page()
     if rows:
         return rows
-    deadline = time.monotonic() + wait
-    match = matcher(session_id=session_id, types=(changes.MESSAGE_CREATED, changes.SESSION_DELETED))
-    with _subscription(match) as subscription:
-        through = start
-        while time.monotonic() < deadline:
-            if subscription.follow(through):
-                if not _wait(subscription, deadline, gone):
-                    break
-                found, through = subscription.take()
-                if any(c["type"] == changes.SESSION_DELETED for c in found):
-                    raise SessionNotFound(session_id)
-            else:
-                with database.connection_context():
-                    through = marks()[0]
-            with database.connection_context():
+    kinds = (changes.MESSAGE_CREATED, changes.SESSION_DELETED)
+    filters = {"session_id": session_id, "types": kinds}
+    with _waiting(POLL, filters) as waiter:
+        for found, _through in waiter.follow(start, time.monotonic() + wait, gone):
+            if any(c["type"] == changes.SESSION_DELETED for c in found):
+                raise SessionNotFound(session_id)
+            if found:
                 rows = read_page()
-            if rows:
-                return rows
+                if rows:
+                    break
     return rows
 
 
@@ -317,93 +305,125 @@ class Follower:
     """A stream's source: the matching changes after a position, as they are committed.
 
     Made before the response starts, so a bad position (410, 422) or a full
-    house (503) is answered at once; iterating yields each change, or None
-    when ``heartbeat`` seconds passed without one, until ``max_seconds``.
+    house (503) is answered at once.  Iterating yields each change, and the
+    position read up to (an int) when ``heartbeat`` seconds passed without
+    one, until ``max_seconds``; it ends early when the changes it would send
+    next were removed by retention, or when it fell ``backlog`` changes
+    behind: the client resumes from the last change it got.
     """
 
     def __init__(self, cursor, heartbeat, max_seconds, name="cursor", gone=None, **filters):
         with connected():
             self.after = position(cursor, name)
-        self.filters = filters
         self.heartbeat = heartbeat
         self.end = time.monotonic() + max_seconds
-        self.gone = gone or _never
-        self.subscription = _subscribe(matcher(**filters), STREAM)
+        self.gone = gone
+        self.waiter = _Waiter(STREAM, filters)
 
     def __iter__(self):
-        subscription, quiet_since = self.subscription, time.monotonic()
-        following = False
-        while time.monotonic() < self.end and not self.gone():
-            if not following:
-                following = subscription.follow(self.after)
-                if not following:
-                    with database.connection_context():
-                        found, self.after = page(self.after, _STREAM_BATCH, **self.filters)
-                    yield from found
-                    if found:
-                        quiet_since = time.monotonic()
-                    continue
-            now = time.monotonic()
-            timeout = min(self.end, quiet_since + self.heartbeat) - now
-            if subscription.wait(max(0, min(timeout, waiting.CLIENT_CHECK_INTERVAL))):
-                found, self.after = subscription.take()
-                yield from found
-                quiet_since = time.monotonic()
-            elif time.monotonic() >= quiet_since + self.heartbeat:
-                yield None
-                quiet_since = time.monotonic()
+        batches = self.waiter.follow(
+            self.after, self.end, self.gone, _STREAM_BATCH, idle=self.heartbeat
+        )
+        try:
+            for found, through in batches:
+                self.after = through
+                yield from found if found else (through,)
+        except CursorGone:
+            # Retention removed what comes next: end here, so that the
+            # client's reconnect (from its Last-Event-ID) gets the 410.
+            logger.info("Ended a stream at %d: the changes after it were removed", self.after)
+        except OperationalError as exc:
+            logger.warning("Ended a stream at %d: the feed cannot be read (%s)", self.after, exc)
 
     def close(self):
         """Give the waiting slot back."""
-        self.subscription.close()
+        self.waiter.close()
 
 
 _STREAM_BATCH = 1000
+POLL, STREAM = "poll", "stream"
 
 
 def _never():
     return False
 
 
-def _wait(subscription, deadline, gone):
-    """Wait for a matching change until ``deadline``; False on time out or a gone client."""
-    gone = gone or _never
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        if subscription.wait(min(remaining, waiting.CLIENT_CHECK_INTERVAL)):
-            return True
-        if gone():
-            return False
+class _Waiter:
+    """A waiting slot at this process's hub, and the one loop that follows the feed with it."""
+
+    def __init__(self, kind, filters):
+        config = current_app.config
+        self.filters = filters
+        self.hub = _hub()
+        try:
+            self.subscription = self.hub.subscribe(
+                matcher(**filters), config["FEED_WAITERS_MAX"], kind, config["STREAM_BACKLOG_MAX"]
+            )
+        except waiting.Full:
+            raise WaitingFull(kind) from None
+
+    def follow(self, after, until, gone=None, limit=_STREAM_BATCH, idle=None):
+        """Yield ``(changes, through)``: batches of matching changes after ``after``, as they come.
+
+        A batch holds at most ``limit`` changes.
+
+        Each batch continues where the one before it ended, and ``through``
+        is past every change looked at.  With ``idle``, an empty batch comes
+        after each ``idle`` seconds without a change.  When ``until`` (a
+        ``time.monotonic()``) passes or the client has ``gone``, a last
+        batch hands over what the hub has given meanwhile: the position a
+        caller ends at never lies past a change it did not return.  Raises
+        ``CursorGone`` when catching up finds the changes after ``after``
+        removed.
+        """
+        gone = gone or _never
+        subscription, following = self.subscription, False
+        quiet_until = time.monotonic() + idle if idle else until
+        while True:
+            now = time.monotonic()
+            if now >= until or gone():
+                yield (subscription.take(limit) if following else ([], after))
+                return
+            if not following:
+                following = subscription.follow(after)
+                if not following:
+                    # The hub is past ``after``: read what it has handed out.
+                    with self.hub.readers.connection_context():
+                        found, after = page(after, limit, db=self.hub.readers, **self.filters)
+                    if found:
+                        yield found, after
+                        quiet_until = time.monotonic() + idle if idle else until
+                    continue
+            timeout = min(quiet_until, until) - now
+            subscription.wait(max(0, min(timeout, waiting.CLIENT_CHECK_INTERVAL)))
+            found, after = subscription.take(limit)
+            if found or time.monotonic() >= quiet_until:
+                yield found, after
+                quiet_until = time.monotonic() + idle if idle else until
+            if subscription.overflowed and not subscription.pending:
+                logger.info("A waiter fell more than its backlog behind: ended it at %d", after)
+                return
+
+    def close(self):
+        """Give the slot back."""
+        self.subscription.close()
+
+
+class _waiting:
+    """``with _waiting(kind, filters) as waiter``: a ``_Waiter``, its slot given back at the end."""
+
+    def __init__(self, kind, filters):
+        self.waiter = _Waiter(kind, filters)
+
+    def __enter__(self):
+        return self.waiter
+
+    def __exit__(self, *exc):
+        self.waiter.close()
 
 
 def _hub():
     return waiting.hub(after, newest)
-
-
-POLL, STREAM = "poll", "stream"
-
-
-def _subscribe(match, kind):
-    try:
-        return _hub().subscribe(match, current_app.config["FEED_WAITERS_MAX"], kind)
-    except waiting.Full:
-        raise WaitingFull(kind) from None
-
-
-class _subscription:
-    """``with _subscription(match) as s``: a waiting slot, given back at the end."""
-
-    def __init__(self, match):
-        self.match = match
-
-    def __enter__(self):
-        self.subscription = _subscribe(self.match, POLL)
-        return self.subscription
-
-    def __exit__(self, *exc):
-        self.subscription.close()
 
 
 def after(db, seq, limit):

@@ -1,6 +1,10 @@
 """Server-sent events (the WHATWG ``text/event-stream`` format) for the change stream."""
 
+import contextlib
 import re
+import select
+import socket
+import time
 
 from flask import current_app, request
 from marshmallow import ValidationError
@@ -37,24 +41,37 @@ def event(event_id, name, data):
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, name.encode(), jsonio.dumps(data))
 
 
+def position(event_id):
+    """Return a heartbeat that carries the position read up to and fires no event.
+
+    A block with an ``id:`` and no ``data:`` sets the client's last event id
+    (WHATWG: the id is taken before an empty data buffer stops the dispatch),
+    so a client whose filter rarely matches reconnects past what was skipped.
+    """
+    return b": keep-alive\nid: %d\n\n" % event_id
+
+
 def comment(text):
     """Return a comment line: clients ignore it, proxies see the stream is alive."""
     return b": %s\n\n" % text.encode()
 
 
-def response(source, describe):
-    """Stream ``source`` (items, or None for a heartbeat) as events described by ``describe``.
+def response(source, describe, until):
+    """Stream ``source`` (items, or an int position for a heartbeat) as events ``describe`` makes.
 
     The headers and a first comment go out at once, so the client knows the
     stream is open; ``source.close()`` runs when the response ends, however
-    it ends.
+    it ends.  A client that stops reading cannot hold the stream past
+    ``until`` (a ``time.monotonic()``): each event waits for room in its
+    socket until then at most, and a socket with no room is shut down.
     """
+    room = _room_in(request.environ.get("gunicorn.socket"))
 
     def events():
-        yield comment("stream open")
-        for item in source:
-            yield comment("keep-alive") if item is None else event(*describe(item))
-        yield comment("stream closed: reconnect with Last-Event-ID")
+        for chunk in _chunks(source, describe):
+            if not room(until):
+                return
+            yield chunk
 
     stream = current_app.response_class(events(), mimetype=MIMETYPE)
     stream.headers["Cache-Control"] = "no-cache"
@@ -62,3 +79,36 @@ def response(source, describe):
     stream.headers["X-Accel-Buffering"] = "no"
     stream.call_on_close(source.close)
     return stream
+
+
+def _chunks(source, describe):
+    yield comment("stream open")
+    for item in source:
+        yield position(item) if isinstance(item, int) else event(*describe(item))
+    yield comment("stream closed: reconnect with Last-Event-ID")
+
+
+def _room_in(sock):
+    """Return ``room(until)``: whether ``sock`` can take more before ``until``.
+
+    A send on a socket whose client stopped reading blocks for good once the
+    buffers fill, with no timeout, holding its thread and its waiting slot.
+    So the stream waits for room itself (poll, bounded), and on a socket
+    that has none by ``until`` it shuts the socket down: Gunicorn's next
+    write fails at once (a broken pipe) and the response is closed.
+    Elsewhere (the test client, the dev server) there is always room.
+    """
+    if sock is None:
+        return lambda until: True
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT | select.POLLHUP | select.POLLERR)
+
+    def room(until):
+        events = poller.poll(max(0, int((until - time.monotonic()) * 1000)))
+        if events and events[0][1] == select.POLLOUT:
+            return True
+        with contextlib.suppress(OSError):  # already gone
+            sock.shutdown(socket.SHUT_RDWR)
+        return False
+
+    return room

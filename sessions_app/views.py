@@ -167,5 +167,7 @@ def _change_stream(query):
         **query,
     )
     return sse.response(
-        follower, lambda change: (change["seq"], change["type"], dump_change(change))
+        follower,
+        lambda change: (change["seq"], change["type"], dump_change(change)),
+        until=follower.end,
     )

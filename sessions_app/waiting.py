@@ -35,7 +35,8 @@ import time
 
 import psycopg
 from peewee import OperationalError, PostgresqlDatabase, SqliteDatabase
-from playhouse.postgres_ext import Psycopg3Database
+from playhouse.pool import PooledSqliteDatabase
+from playhouse.postgres_ext import PooledPsycopg3Database, Psycopg3Database
 
 from . import metrics
 from .db import database
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 CHANNEL = "sessions_changes"
 #: SQLite: how often the watcher of a process with waiters looks for new changes.
 POLL_INTERVAL = 0.01
+#: SQLite: how long a watcher with no follower sleeps (a follower wakes it).
+IDLE_INTERVAL = 1.0
 #: PostgreSQL: how often the watcher looks even without a notification.
 SAFETY_INTERVAL = 1.0
 #: How long the notifier gathers commits into one NOTIFY.
@@ -52,6 +55,8 @@ NOTIFY_GATHER = 0.002
 #: How often a waiting request checks that its client is still there.
 CLIENT_CHECK_INTERVAL = 1.0
 _BATCH = 1000
+#: Connections per process for the waiters' reads (see ``Hub.readers``).
+READERS = 2
 
 
 class Full(Exception):
@@ -59,16 +64,25 @@ class Full(Exception):
 
 
 class Subscription:
-    """A waiter's place at the hub: the matching changes handed to it, and its slot."""
+    """A waiter's place at the hub: the matching changes handed to it, and its slot.
 
-    def __init__(self, hub, match, kind):
+    At most ``backlog`` changes wait in it to be taken: a waiter that falls
+    further behind (a stream whose client stops reading) is ``overflowed``
+    and is offered nothing more, so its memory stays bounded; what it holds
+    ends at a change it was handed, and the waiter goes on from there
+    (a stream ends, its client resumes from the database).
+    """
+
+    def __init__(self, hub, match, kind, backlog):
         self.hub = hub
         self.match = match
         # ("session_id", value), ("agent_id", value) or None: where the hub files it.
         self.key = getattr(match, "key", None)
         self.kind = kind
+        self.backlog = backlog
         self.after = None
         self.pending = []
+        self.overflowed = False
         self._ready = threading.Event()
 
     def follow(self, after):
@@ -96,22 +110,35 @@ class Subscription:
 
         ``through`` is where the next read continues: past every change the
         hub looked at for this subscription, or the last change returned
-        when ``limit`` cut the list short.
+        when ``limit`` cut the list short (the rest stay to be taken) or the
+        subscription overflowed.
         """
         with self.hub.lock:
             changes, self.pending = self.pending, []
-            self._ready.clear()
-            # Following, it has been offered every change up to the horizon.
-            through = max(self.after, self.hub.horizon)
             if limit is not None and len(changes) > limit:
-                changes = changes[:limit]
+                changes, self.pending = changes[:limit], changes[limit:]
                 through = changes[-1]["seq"]
+            elif self.overflowed:
+                through = changes[-1]["seq"] if changes else self.after
+            else:
+                # Following, it has been offered every change up to the horizon.
+                through = max(self.after, self.hub.horizon)
+            if not self.pending:
+                self._ready.clear()
             self.after = through
         return changes, through
 
     def close(self):
         """Give the slot back; a second call does nothing."""
         self.hub.release(self)
+
+    def _offer(self, change):
+        """Hand over ``change`` (under the hub's lock); False once the backlog is full."""
+        if len(self.pending) >= self.backlog:
+            self.overflowed = True
+            return False
+        self.pending.append(change)
+        return True
 
 
 class Hub:
@@ -138,13 +165,19 @@ class Hub:
         self._start_lock = threading.Lock()
         self._threads = []
         self.reader = _private_copy(db)
+        # The waiters' own reads (catching up from the database) take their
+        # connections here, never from the pool that ordinary requests use.
+        self.readers = _pooled_copy(db, READERS)
 
     # -- waiters --------------------------------------------------------------
 
-    def subscribe(self, match, capacity, kind):
-        """Take one of ``capacity`` slots for a ``kind`` of waiter; ``Full`` when none is free."""
+    def subscribe(self, match, capacity, kind, backlog):
+        """Take one of ``capacity`` slots for a ``kind`` of waiter; ``Full`` when none is free.
+
+        ``backlog``: how many changes may wait in it (see ``Subscription``).
+        """
         self.start()
-        subscription = Subscription(self, match, kind)
+        subscription = Subscription(self, match, kind, backlog)
         with self.lock:
             if len(self.subscriptions) >= capacity:
                 raise Full()
@@ -158,6 +191,10 @@ class Hub:
         if subscription not in self.following:
             self.following.add(subscription)
             self._filed.setdefault(subscription.key, set()).add(subscription)
+            # An idle SQLite watcher sleeps a whole second: wake it, so that a
+            # change committed right after this waiter began is handed over
+            # within POLL_INTERVAL, not a second later.
+            self._poke.set()
 
     def release(self, subscription):
         with self.lock:
@@ -229,7 +266,8 @@ class Hub:
         self._started.set()
 
     def stop(self):
-        """Stop the threads (they finish within about a second)."""
+        """Stop the threads (they finish within about a second) and close the waiters' pool."""
+        self.readers.close_all()
         self._stopped.set()
         self._poke.set()
         self._notify.set()
@@ -244,7 +282,7 @@ class Hub:
         while self._alive():
             with self.lock:
                 idle = not self.following
-            self._poke.wait(1.0 if idle else POLL_INTERVAL)
+            self._poke.wait(IDLE_INTERVAL if idle else POLL_INTERVAL)
             self._poke.clear()
             self._catch_up_safely()
         self.reader.close()
@@ -314,16 +352,19 @@ class Hub:
         general = self._filed.get(None, ())
         for change in changes:
             for key in (("session_id", change["session_id"]), ("agent_id", change["agent_id"])):
-                for subscription in self._filed.get(key, ()):
-                    if change["seq"] > subscription.after and subscription.match(change):
-                        subscription.pending.append(change)
-                        woken.add(subscription)
-            for subscription in general:
-                if change["seq"] > subscription.after and subscription.match(change):
-                    subscription.pending.append(change)
-                    woken.add(subscription)
+                self._offer_to(self._filed.get(key, ()), change, woken)
+            self._offer_to(general, change, woken)
         for subscription in woken:
             subscription._ready.set()
+
+    @staticmethod
+    def _offer_to(subscriptions, change, woken):
+        for subscription in subscriptions:
+            if subscription.overflowed or change["seq"] <= subscription.after:
+                continue
+            if subscription.match(change):
+                subscription._offer(change)
+                woken.add(subscription)
 
     def _catch_up(self):
         """Read the changes committed since the last look and hand them out."""
@@ -355,6 +396,14 @@ def _private_copy(db):
     if isinstance(db, PostgresqlDatabase):
         return Psycopg3Database(db.database, autoconnect=False, **db.connect_params)
     return SqliteDatabase(db.database, pragmas=db._pragmas, autoconnect=False)
+
+
+def _pooled_copy(db, size):
+    """Return a pool of ``size`` connections to ``db``'s database, waiting as ``db`` does."""
+    pool = {"max_connections": size, "timeout": db._wait_timeout, "autoconnect": False}
+    if isinstance(db, PostgresqlDatabase):
+        return PooledPsycopg3Database(db.database, **pool, **db.connect_params)
+    return PooledSqliteDatabase(db.database, pragmas=db._pragmas, check_same_thread=False, **pool)
 
 
 _hubs = {}

@@ -28,6 +28,7 @@ def test_defaults_without_environment():
         "STREAM_MAX_SECONDS": 300,
         "STREAM_HEARTBEAT_SECONDS": 15,
         "FEED_WAITERS_MAX": 500,
+        "STREAM_BACKLOG_MAX": 10_000,
     }
 
 

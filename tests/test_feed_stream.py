@@ -13,18 +13,23 @@ from sessions_app.timefmt import now_us
 STREAM = {"Accept": "text/event-stream"}
 
 
-def parse(chunks):
+def parse(chunks, positions=None):
     """Parse an event stream as the WHATWG standard says; return (events, comments).
 
     Each event is a dict of its fields; ``data`` lines are joined with newlines.
+    A block with no ``data`` fires no event; the ``id`` it carries (a
+    heartbeat's position) is appended to ``positions`` when given.
     """
     text = b"".join(chunks).decode("utf-8")
     assert "\r" not in text
     events, comments, fields = [], [], {}
     for line in text.split("\n"):
         if line == "":
-            if fields:
+            if "data" in fields:
                 events.append(fields)
+            elif fields and positions is not None:
+                assert set(fields) == {"id"}, fields
+                positions.append(int(fields["id"]))
             fields = {}
         elif line.startswith(":"):
             comments.append(line[1:].strip())
