@@ -17,22 +17,30 @@ SQLite's own write lock besides.  A transaction takes its seq
 the newest change.
 
 **PostgreSQL.** A sequence hands out numbers at insert, not at commit, and
-transactions commit in any order.  Storing each change's transaction id and
-reading only below ``pg_snapshot_xmin`` does not close the gap by itself: a
-transaction's xid is assigned at its first write, earlier than the moment it
-takes its seq, so a transaction T1 (xid 100, still running) can hold seq 10
-while T2 (xid 99, committed) holds seq 11: the reader's xmin is 100, T2's row
-passes ``xid < xmin``, the reader moves to 11 and never sees 10.
-Instead the append serializes: ``record`` runs as the last statement of the
-write transaction, and takes the transaction-level advisory lock
-``_APPEND_LOCK`` in the same statement, before the row (and so its
-``nextval``) is produced.  The lock is held until the transaction ends; at
-COMMIT PostgreSQL marks the transaction committed and visible to new
-snapshots (``ProcArrayEndTransaction``) before it releases its locks.  So
-when T2 takes the lock after T1, T1 is already visible to every snapshot, T2
-gets a larger seq, and any snapshot that sees T2 sees T1: seq order is commit
-order.  The lock is held only from the change INSERT to the end of COMMIT;
-what it costs writes is measured in README.rst (Performance).
+transactions commit in any order, so a seq taken by the write itself could
+become visible after a larger one.  Storing each change's transaction id
+and reading only below ``pg_snapshot_xmin`` does not close the gap: a
+transaction's xid is assigned at its first write, earlier than the moment
+it takes its seq, and any long transaction anywhere in the cluster holds
+every reader back.  Serializing the writers (a lock from the change's insert
+to COMMIT) does close it, but caps the whole fleet at one commit at a time.
+
+So a write does not take its seq.  It appends its change to ``change_queue``
+(``record``), in its own transaction, and commits with no lock shared with
+any other writer.  A *publishing pass* (``publish``) then moves every
+committed change from the queue into ``changes`` in one transaction, in
+queue order, taking the seqs there; passes run one at a time under the
+transaction-level advisory lock ``_APPEND_LOCK`` (at COMMIT PostgreSQL
+makes a transaction visible before it releases its locks).  So the seqs of
+one pass follow those of the pass before, every snapshot that sees a pass
+sees the passes before it, and a reader sees a prefix.  Commit order holds
+where it can be observed: a write that began after another committed is
+queued after it (its queue id is drawn later), so it is published in the
+same pass behind it, or in a later pass.  Each worker's publisher runs a
+pass for the commits its writers announce (``waiting.py``), and a writer
+answers once its change is published, so a client that wrote then reads
+the feed finds its change.  A long transaction elsewhere in the database
+delays nothing: a pass waits only for the pass before it.
 """
 
 import logging
@@ -60,7 +68,8 @@ from .timefmt import now_us
 
 logger = logging.getLogger(__name__)
 
-#: Any number for pg_advisory_xact_lock, the same in every process.
+#: Any number for pg_advisory_xact_lock, the same in every process (and the one
+#: earlier releases took in each write, so a fleet half upgraded keeps one order).
 _APPEND_LOCK = 0x5E55_FEED
 
 _COLUMNS = (
@@ -128,7 +137,30 @@ class FeedMark(Model):
         table_name = "feed_marks"
 
 
+class QueuedChange(Model):
+    """PostgreSQL: a committed write's change, waiting for a publishing pass to give it its seq."""
+
+    id = BigAutoField()
+    type = CharField(max_length=24)
+    session_id = CharField(max_length=40)
+    agent_id = CharField(max_length=255)
+    task_id = CharField(max_length=255, null=True)
+    status = CharField(max_length=16)
+    version = IntegerField()
+    at = BigIntegerField()
+    message_id = CharField(max_length=40, null=True)
+    role = CharField(max_length=16, null=True)
+    changed = CharField(max_length=64, null=True)
+    reason = CharField(max_length=16, null=True)
+
+    class Meta:
+        database = database
+        table_name = "change_queue"
+
+
 MODELS = (Change, FeedMark)
+#: Tables PostgreSQL has and SQLite does not (its writers take their seq at once).
+POSTGRES_MODELS = (QueuedChange,)
 
 
 # -- recording --------------------------------------------------------------
@@ -137,9 +169,9 @@ MODELS = (Change, FeedMark)
 def record(kind, session, at, **extra):
     """Append the change ``kind`` of ``session`` (a dict) to the feed, in the current transaction.
 
-    Call it as the last statement before COMMIT: on PostgreSQL it takes the
-    append lock (see the module's docstring), held until the transaction ends.
-    ``extra``: ``message_id`` and ``role``, ``changed`` (field names) or ``reason``.
+    On PostgreSQL it goes to the queue that publishing passes move into the
+    feed (see the module's docstring).  ``extra``: ``message_id`` and
+    ``role``, ``changed`` (field names) or ``reason``.
     """
     changed = extra.get("changed")
     values = {
@@ -168,19 +200,40 @@ _append_sql_by_kind = {}
 def _append_sql(db):
     postgres = isinstance(db, PostgresqlDatabase)
     if postgres not in _append_sql_by_kind:
-        columns = ", ".join(_COLUMNS)
+        table = "change_queue" if postgres else "changes"
         slots = ", ".join([db.param] * len(_COLUMNS))
-        if postgres:
-            # The lock comes from the FROM item, so it is held before the
-            # row's nextval() default is computed.
-            sql = (
-                f"INSERT INTO changes ({columns}) SELECT {slots} "
-                f"FROM (SELECT pg_advisory_xact_lock({_APPEND_LOCK})) AS turn"
-            )
-        else:
-            sql = f"INSERT INTO changes ({columns}) VALUES ({slots})"
+        sql = f"INSERT INTO {table} ({', '.join(_COLUMNS)}) VALUES ({slots})"
         _append_sql_by_kind[postgres] = sql
     return _append_sql_by_kind[postgres]
+
+
+#: The most changes one publishing pass moves (a larger queue takes several).
+_PUBLISH_BATCH = 5000
+_PUBLISH_SQL = (
+    "WITH moved AS (DELETE FROM change_queue WHERE id IN "
+    "(SELECT id FROM change_queue ORDER BY id LIMIT %s) RETURNING *) "
+    f"INSERT INTO changes ({', '.join(_COLUMNS)}) "
+    f"SELECT {', '.join(_COLUMNS)} FROM moved ORDER BY id"
+)
+
+
+def publish(conn):
+    """Move the committed changes of ``change_queue`` into the feed, in order; return how many.
+
+    PostgreSQL only; ``conn`` is a psycopg connection in autocommit mode.
+    Each batch is one transaction under ``_APPEND_LOCK`` (so passes take
+    turns), and sends one ``NOTIFY`` when it moved anything.
+    """
+    moved = 0
+    while True:
+        with conn.transaction():
+            conn.execute(f"SELECT pg_advisory_xact_lock({_APPEND_LOCK})")
+            count = conn.execute(_PUBLISH_SQL, (_PUBLISH_BATCH,)).rowcount
+            if count:
+                conn.execute(f"NOTIFY {waiting.CHANNEL}")
+        moved += count
+        if count < _PUBLISH_BATCH:
+            return moved
 
 
 # -- reading ----------------------------------------------------------------
@@ -423,7 +476,7 @@ class _waiting:
 
 
 def _hub():
-    return waiting.hub(after, newest)
+    return waiting.hub(after, newest, publish)
 
 
 def after(db, seq, limit):

@@ -9,13 +9,15 @@ match its filters; a waiter whose filters match nothing is never woken.
 How the watcher learns that something was committed:
 
 - PostgreSQL: it ``LISTEN``s on ``CHANNEL`` on a connection of its own (one
-  per worker), so a write through any worker of any host wakes it.  Writers
-  do not ``NOTIFY`` inside their transactions (a notifying commit takes an
-  instance-wide lock, so every writer would queue behind the others):
-  after COMMIT they ``announce()``, and one notifier thread per worker sends
-  a single autocommit ``NOTIFY`` for all the commits announced since its
-  last one.  The watcher also looks every ``SAFETY_INTERVAL`` seconds, in
-  case a notification was lost with a broken connection.
+  per worker), so a write through any worker of any host wakes it.  A
+  writer's change waits in a queue until a publishing pass gives it its seq
+  (``feed.py`` says why): after COMMIT the writer ``announce()``s, and one
+  publisher thread per worker runs a pass for all the commits announced
+  since its last one, with a single ``NOTIFY`` (a notifying commit takes an
+  instance-wide lock, so writers never notify themselves).  The watcher
+  also looks every ``SAFETY_INTERVAL`` seconds, in case a notification was
+  lost with a broken connection, and then has a pass run for changes a
+  host that died left in the queue.
 - SQLite: one host, so the watcher reads the feed's newest changes every
   ``POLL_INTERVAL`` seconds while the process has waiters (a primary-key
   range read that finds nothing most of the time), and at once when a write
@@ -31,7 +33,6 @@ import os
 import select
 import socket
 import threading
-import time
 
 import psycopg
 from peewee import OperationalError, PostgresqlDatabase, SqliteDatabase
@@ -50,8 +51,8 @@ POLL_INTERVAL = 0.01
 IDLE_INTERVAL = 1.0
 #: PostgreSQL: how often the watcher looks even without a notification.
 SAFETY_INTERVAL = 1.0
-#: How long the notifier gathers commits into one NOTIFY.
-NOTIFY_GATHER = 0.002
+#: PostgreSQL: how long a writer waits, at most, for its change to be published.
+PUBLISH_TIMEOUT = 2.0
 #: How often a waiting request checks that its client is still there.
 CLIENT_CHECK_INTERVAL = 1.0
 _BATCH = 1000
@@ -144,10 +145,11 @@ class Subscription:
 class Hub:
     """One worker process's waiters, and the watcher thread that wakes them."""
 
-    def __init__(self, db, fetch, newest):
+    def __init__(self, db, fetch, newest, publish):
         self.db = db
         self.fetch = fetch  # fetch(db, after, limit) -> changes, oldest first
         self.newest = newest  # newest(db) -> the newest committed seq
+        self.publish = publish  # publish(conn): PostgreSQL, give queued changes their seqs
         self.lock = threading.Lock()
         self.subscriptions = set()
         self.following = set()
@@ -158,10 +160,14 @@ class Hub:
         self.pid = os.getpid()
         self._poke = threading.Event()
         self._notify = threading.Event()
+        # PostgreSQL: commits announced, and the announcements a publishing
+        # pass has covered; writers wait on the condition for theirs.
+        self._announced = self._published = 0
+        self._publication = threading.Condition()
         self._postgres = isinstance(db, PostgresqlDatabase)
         self._started = threading.Event()
         self._stopped = threading.Event()
-        self._notifier_started = False
+        self._publisher_started = False
         self._start_lock = threading.Lock()
         self._threads = []
         self.reader = _private_copy(db)
@@ -217,17 +223,33 @@ class Hub:
     # -- writers ----------------------------------------------------------------
 
     def announce(self):
-        """Say that a write of this process committed: wake the watchers that follow it."""
-        if self._postgres:
-            self._start_notifier()
-            self._notify.set()
-        else:
+        """Say that a write of this process committed: wake the watchers that follow it.
+
+        On PostgreSQL the change waits in a queue for the publisher to give
+        it its seq (``feed.py``); this returns once a publishing pass that
+        began after the commit has ended, so the writer answers with its
+        change in the feed.  It waits ``PUBLISH_TIMEOUT`` at most: the
+        change is published by the next pass of any host.
+        """
+        if not self._postgres:
             self._poke.set()
+            return
+        self._start_publisher()
+        with self._publication:
+            self._announced += 1
+            ticket = self._announced
+        self._notify.set()
+        with self._publication:
+            published = self._publication.wait_for(
+                lambda: self._published >= ticket, PUBLISH_TIMEOUT
+            )
+        if not published:
+            logger.warning("A change was not published within %.1f s", PUBLISH_TIMEOUT)
 
     # -- the threads ------------------------------------------------------------
 
     def start(self):
-        """Start the watcher (and on PostgreSQL the notifier), once per process.
+        """Start the watcher (and on PostgreSQL the publisher), once per process.
 
         The watcher reads where the feed stands before anyone may follow it;
         it does so on its own thread, so the caller's connection is left alone.
@@ -238,11 +260,11 @@ class Hub:
         if not self._started.wait(10):
             raise OperationalError("the change watcher cannot read the feed")
 
-    def _start_notifier(self):
-        """Start the thread that sends this process's NOTIFYs, once."""
-        if self._notifier_started:
+    def _start_publisher(self):
+        """Start the thread that publishes this process's changes, once."""
+        if self._publisher_started:
             return
-        self._start_thread(self._send_notifications)
+        self._start_thread(self._publish_changes)
 
     def _start_thread(self, target):
         with self._start_lock:
@@ -251,8 +273,8 @@ class Hub:
             thread = threading.Thread(target=target, name=target.__name__, daemon=True)
             thread.start()
             self._threads.append(thread)
-            if target == self._send_notifications:
-                self._notifier_started = True
+            if target == self._publish_changes:
+                self._publisher_started = True
 
     def _find_horizon(self):
         while self.horizon is None and self._alive():
@@ -303,8 +325,12 @@ class Hub:
                 conn.execute(f"LISTEN {CHANNEL}")
                 self._catch_up()
                 while self._alive():
-                    for _ in conn.notifies(timeout=SAFETY_INTERVAL, stop_after=1):
-                        pass
+                    notified = list(conn.notifies(timeout=SAFETY_INTERVAL, stop_after=1))
+                    if not notified:
+                        # Quiet for a while: publish what a host that died
+                        # between its commit and its pass left in the queue.
+                        self._start_publisher()
+                        self._notify.set()
                     self._catch_up()
             except Exception as exc:
                 self.reader.close()
@@ -313,7 +339,13 @@ class Hub:
                     self._stopped.wait(1)
         self.reader.close()
 
-    def _send_notifications(self):
+    def _publish_changes(self):
+        """Run publishing passes: one for all the commits announced since the last began.
+
+        A pass takes the commits of the whole fleet that are waiting, so
+        passes follow each other only as fast as they are asked for; its
+        NOTIFY (one per pass) wakes the watchers of every host.
+        """
         while self._alive():
             if not self._notify.wait(5.0):
                 continue
@@ -322,14 +354,17 @@ class Hub:
                     while self._alive():
                         if not self._notify.wait(5.0):
                             continue
-                        # Commits announced while this one is sent go into the next.
-                        time.sleep(NOTIFY_GATHER)
                         self._notify.clear()
-                        conn.execute(f"NOTIFY {CHANNEL}")
+                        with self._publication:
+                            covering = self._announced
+                        self.publish(conn)
+                        with self._publication:
+                            self._published = max(self._published, covering)
+                            self._publication.notify_all()
             except Exception as exc:
                 if self._alive():
                     logger.warning(
-                        "The change notifier lost its connection (%s); reconnecting", exc
+                        "The change publisher lost its connection (%s); reconnecting", exc
                     )
                     self._stopped.wait(1)
 
@@ -410,7 +445,7 @@ _hubs = {}
 _hubs_lock = threading.Lock()
 
 
-def hub(fetch, newest):
+def hub(fetch, newest, publish):
     """Return this process's hub for the bound database, making it on first use."""
     db = database.obj
     key = (os.getpid(), id(db))
@@ -420,7 +455,7 @@ def hub(fetch, newest):
             for other in _hubs.values():
                 if other.db is not db:
                     other.stop()
-            found = _hubs[key] = Hub(db, fetch, newest)
+            found = _hubs[key] = Hub(db, fetch, newest, publish)
         return found
 
 
