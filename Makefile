@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run dev test fuzz lint migrate init-db bench bench-finding bench-feed prune clean
+.PHONY: run dev test fuzz lint migrate init-db bench bench-finding bench-feed bench-fleet prune clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.feed
+	$(BIN)/python -m benchmarks.fleet
+
+## bench-fleet: creates through one and two instances over a 2 ms network (BENCH_DATABASE_URL)
+bench-fleet: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.fleet
 
 ## bench-feed: the change feed under load (1,000 long polls, 100 streams); BENCH_QUICK=1 too
 bench-feed: $(VENV)/.installed

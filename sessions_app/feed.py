@@ -209,11 +209,16 @@ def _append_sql(db):
 
 #: The most changes one publishing pass moves (a larger queue takes several).
 _PUBLISH_BATCH = 5000
+# One message, one round trip: the append lock is held while the server
+# runs it (and flushes its COMMIT), never across the network.
 _PUBLISH_SQL = (
+    f"BEGIN; SELECT pg_advisory_xact_lock({_APPEND_LOCK}); "
     "WITH moved AS (DELETE FROM change_queue WHERE id IN "
-    "(SELECT id FROM change_queue ORDER BY id LIMIT %s) RETURNING *) "
-    f"INSERT INTO changes ({', '.join(_COLUMNS)}) "
-    f"SELECT {', '.join(_COLUMNS)} FROM moved ORDER BY id"
+    f"(SELECT id FROM change_queue ORDER BY id LIMIT {_PUBLISH_BATCH}) RETURNING *), "
+    f"published AS (INSERT INTO changes ({', '.join(_COLUMNS)}) "
+    f"SELECT {', '.join(_COLUMNS)} FROM moved ORDER BY id RETURNING seq) "
+    f"SELECT count(*), CASE WHEN count(*) > 0 THEN pg_notify('{waiting.CHANNEL}', '') END "
+    "FROM published; COMMIT"
 )
 
 
@@ -222,15 +227,17 @@ def publish(conn):
 
     PostgreSQL only; ``conn`` is a psycopg connection in autocommit mode.
     Each batch is one transaction under ``_APPEND_LOCK`` (so passes take
-    turns), and sends one ``NOTIFY`` when it moved anything.
+    turns) and notifies the watchers once when it moved anything.
     """
     moved = 0
     while True:
-        with conn.transaction():
-            conn.execute(f"SELECT pg_advisory_xact_lock({_APPEND_LOCK})")
-            count = conn.execute(_PUBLISH_SQL, (_PUBLISH_BATCH,)).rowcount
-            if count:
-                conn.execute(f"NOTIFY {waiting.CHANNEL}")
+        cursor = conn.execute(_PUBLISH_SQL)
+        count = None
+        while count is None:
+            if cursor.description is not None and len(cursor.description) == 2:
+                count = cursor.fetchone()[0]
+            elif not cursor.nextset():
+                raise RuntimeError("the publishing pass returned no count")
         moved += count
         if count < _PUBLISH_BATCH:
             return moved
