@@ -75,7 +75,7 @@ def test_concurrent_writers_in_one_gevent_worker_count_exactly(served):
     assert len({m["message_id"] for m in page["messages"]}) == WRITERS * MESSAGES
     # The pool opens a connection only when none is free: more than one
     # means greenlets held connections at the same time, each its own.  The
-    # change feed's watcher and notifier have a connection each, outside it.
+    # change feed's watcher and publisher have a connection each, outside it.
     with psycopg.connect(url) as admin:
         (connections,) = admin.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
