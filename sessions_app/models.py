@@ -113,13 +113,13 @@ class Session(BaseModel):
             "message_count": 0,
             "version": 1,
         }
-        # Writers take turns (db.WriterQueue), so the SQL is made before the
-        # transaction: every writer queued behind this one would wait for it.
-        sql, params = cls.insert(row).sql()
+        # Writers take turns (db.WriterQueue), so the JSON is written before
+        # the transaction: every writer queued behind this one would wait for it.
+        values = {**row, "data": cls.data.db_value(row["data"])}
         with database.transaction():
-            database.execute_sql(sql, params)
+            _store_session.execute(**values)
             feed.record(changes.SESSION_CREATED, row, now)
-        logger.info("Created session %s for agent %s", row["id"], agent_id)
+        logger.debug("Created session %s for agent %s", row["id"], agent_id)
         return row
 
     @classmethod
@@ -219,7 +219,7 @@ class Session(BaseModel):
                 row.update(changed, last_active=now, version=version)
                 feed.record(changes.SESSION_UPDATED, row, now, changed=fields)
         if changed:
-            logger.info("Updated session %s: %s", session_id, ", ".join(fields))
+            logger.debug("Updated session %s: %s", session_id, ", ".join(fields))
         return row
 
     @classmethod
@@ -246,7 +246,7 @@ class Session(BaseModel):
             last = deleted[0]
             tombstone = {**last, "id": session_id}
             feed.record(changes.SESSION_DELETED, tombstone, now_us(), reason=changes.DELETED)
-        logger.info("Deleted session %s (%d messages)", session_id, last["message_count"])
+        logger.debug("Deleted session %s (%d messages)", session_id, last["message_count"])
 
 
 _TOMBSTONE_FIELDS = (
@@ -460,6 +460,11 @@ _count_message = Prepared(
             Session.version,
         )
     )
+)
+
+# ``data`` comes as the JSON text to store: the marker must reach the SQL unconverted.
+_store_session = Prepared(
+    lambda data, **row: Session.insert(data=Value(data, converter=None), **row)
 )
 
 _store_message = Prepared(

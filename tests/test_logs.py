@@ -65,10 +65,20 @@ def test_an_error_gets_its_line_too(client, logged):
     ]
 
 
-def test_every_line_of_a_request_carries_its_id(client, logged):
-    client.post("/api/sessions", json={"agent_id": "a"}, headers={"X-Request-ID": "rid-create"})
-    names = {r.name for r in logged.records if r.request_id == "rid-create"}
-    # The model's own line ("Created session ...") and the request line.
+def test_a_write_logs_one_line_at_info_the_request_s(client, api, logged):
+    made = api.create()
+    api.patch(made["id"], status="paused")
+    api.send(made["id"])
+    api.delete(made["id"])
+    lines = [(r.name, getattr(r, "fields", {}).get("session_id")) for r in logged.records]
+    assert lines == [("sessions_app.requests", made["id"])] * 4
+
+
+def test_every_line_of_a_request_carries_its_id(client, caplog):
+    with caplog.at_level(logging.DEBUG, logger="sessions_app"):
+        client.post("/api/sessions", json={"agent_id": "a"}, headers={"X-Request-ID": "rid-create"})
+    names = {r.name for r in caplog.records if r.request_id == "rid-create"}
+    # At DEBUG the model's own line ("Created session ...") and the request line.
     assert names == {"sessions_app.models", "sessions_app.requests"}
 
 
