@@ -42,6 +42,10 @@ CONNECTIONS = 16
 KEYED_LINES = 30_000
 #: Scenario -> the scenario it is compared with, in the same round, on the service.
 PAIRS = {"create_key": "create", "message_key": "message", "get_304": "get"}
+#: Writes also run on the raw-SQL ceiling (benchmarks/raw.py), which does the same work.
+RAW = ("create", "message")
+#: Writes against the raw ceiling: throughput at least, CPU per write at most.
+RAW_TARGETS = {"rps": 0.8, "cpu": 1.4}
 
 
 def settings():
@@ -101,6 +105,7 @@ def summarize(runs):
         "rps": statistics.median(r["rps"] for r in runs),
         "p50_ms": statistics.median(r["p50_us"] for r in runs) / 1000,
         "p99_ms": statistics.median(r["p99_us"] for r in runs) / 1000,
+        "cpu_ms": statistics.median(r["cpu_ms"] for r in runs),
         "failed": sum(r["failed"] for r in runs),
         "created": sum(r["statuses"].get("201", 0) for r in runs),
         "not_modified": sum(r["statuses"].get("304", 0) for r in runs),
@@ -191,14 +196,16 @@ def bench(label, database_url, config, workdir):
     """Run every scenario on one database; return the results."""
     service = Server("service", "wsgi:app", workdir, database_url).start()
     ceiling = Server("ceiling", "benchmarks.ceiling:app", workdir, database_url).start()
+    raw = Server("raw", "benchmarks.raw:app", workdir, database_url).start()
     try:
-        return _scenarios(label, service, ceiling, config, workdir)
+        return _scenarios(label, service, ceiling, raw, config, workdir)
     finally:
+        raw.stop()
         ceiling.stop()
         service.stop()
 
 
-def _scenarios(label, service, ceiling, config, workdir):
+def _scenarios(label, service, ceiling, raw, config, workdir):
     rounds, window, c = config["rounds"], config["window"], config["connections"]
     print(f"[{label}] seeding {config['small']:,} sessions through the API ...", flush=True)
     message_ids = seed(service.port, [MESSAGE_AGENT], config["message_sessions"])
@@ -253,15 +260,23 @@ def _scenarios(label, service, ceiling, config, workdir):
         ],
     }
     results = {name: {"service": [], "ceiling": []} for name in scenarios}
+    for name in RAW:
+        results[name]["raw"] = []
     latency = {"small": [], "large": []}
 
     def measure(names):
         for r in range(rounds):
             for name in names:
-                for server in (ceiling, service) if r % 2 == 0 else (service, ceiling):
+                servers = [ceiling, service] + ([raw] if name in RAW else [])
+                for server in servers if r % 2 == 0 else servers[::-1]:
                     lines = scenarios[name]
                     lines = lines() if callable(lines) else lines
+                    cpu = server.cpu_seconds()
                     figures = wrk(server.url, lines, window, c, workdir)
+                    used = server.cpu_seconds() - cpu
+                    figures["cpu_ms"] = (
+                        used * 1000 / figures["received"] if figures["received"] else 0
+                    )
                     results[name][server.name].append(figures)
             print(f"[{label}] {', '.join(names)}: round {r + 1}/{rounds} done", flush=True)
 
@@ -309,6 +324,24 @@ def _scenarios(label, service, ceiling, config, workdir):
             }
             for name, apps in results.items()
         },
+        # The writes against the raw ceiling, round by round: throughput and CPU per write.
+        "raw": {
+            name: {
+                "raw": summarize(results[name]["raw"]),
+                "rps": statistics.median(
+                    s["rps"] / w["rps"]
+                    for s, w in zip(results[name]["service"], results[name]["raw"], strict=True)
+                ),
+                "cpu": statistics.median(
+                    s["cpu_ms"] / w["cpu_ms"]
+                    for s, w in zip(results[name]["service"], results[name]["raw"], strict=True)
+                    if w["cpu_ms"]
+                ),
+                "cpu_ms": statistics.median(s["cpu_ms"] for s in results[name]["service"]),
+                "raw_cpu_ms": statistics.median(w["cpu_ms"] for w in results[name]["raw"]),
+            }
+            for name in RAW
+        },
         # Each scenario against its plain counterpart on the service, round by round.
         "pairs": {
             name: statistics.median(
@@ -349,6 +382,12 @@ def verdicts(result):
         checks.append(
             (f"{what}: stored == 201s", f"{count['stored']} / {count['acknowledged']}", exact, True)
         )
+    for name, figures in result["raw"].items():
+        floor, most = RAW_TARGETS["rps"], RAW_TARGETS["cpu"]
+        holds = figures["rps"] >= floor
+        checks.append((f"{name} >= {floor}x raw SQL", f"{figures['rps']:.2f}x", holds, False))
+        holds = figures["cpu"] <= most
+        checks.append((f"{name} CPU <= {most}x raw SQL's", f"{figures['cpu']:.2f}x", holds, False))
     pairs = result["pairs"]
     for name in ("create_key", "message_key"):
         cost = 1 - pairs[name]
@@ -389,6 +428,13 @@ def report(result):
         "ratio: median over rounds of service/ceiling req/s; c.p50, c.p99: the ceiling's;\n"
         "failed: answers neither 2xx nor 304, socket errors and requests left unanswered"
     )
+    for name, figures in result["raw"].items():
+        w = figures["raw"]
+        print(
+            f"{name} on raw SQL: {w['rps']:.0f} req/s, p99 {w['p99_ms']:.1f} ms;"
+            f" service/raw {figures['rps']:.2f}x; CPU per write {figures['cpu_ms']:.2f} ms vs "
+            f"{figures['raw_cpu_ms']:.2f} ms ({figures['cpu']:.2f}x)"
+        )
     for name, plain in PAIRS.items():
         print(f"{name} / {plain} (service, same rounds): {result['pairs'][name]:.2f}x")
     for figures in result["list_latency"].values():
@@ -432,7 +478,7 @@ def empty_postgresql(url):
     migrations.upgrade()
     with db.database.connection_context():
         db.database.execute_sql(
-            "TRUNCATE messages, sessions, idempotency_keys, changes, feed_marks"
+            "TRUNCATE messages, sessions, idempotency_keys, changes, change_queue, feed_marks"
         )
     db.database.close_all()
 

@@ -81,6 +81,16 @@ class Server:
             memory[pid] = tuple(int(status[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
         return memory
 
+    def cpu_seconds(self):
+        """Return the CPU time (user and system) the workers have used so far."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.worker_pids():
+            # Fields 14 and 15 (utime, stime), counted after the command's ")".
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / ticks
+
     def stop(self):
         """Stop the master (and so its workers) by PID, gracefully."""
         if self.process and self.process.poll() is None:
