@@ -525,18 +525,21 @@ def _first_kept(cutoff_us):
     return row[0] if row else None
 
 
-def remove_older_than(cutoff_us, batch=1000):
+def remove_older_than(cutoff_us, batch=1000, rest=None):
     """Delete the changes recorded before ``cutoff_us``, oldest seq first; return how many.
 
     A change's ``at`` is read before its writer's turn to append, so a later
     seq may hold an earlier ``at``: removal goes in seq order and stops at the
     first change it keeps, so no kept change ever lies below the mark (which
     would make it unreachable, and a cursor before it a 410).  Each batch of
-    ``batch`` is one transaction, which also raises the mark.
+    ``batch`` is one transaction, which also raises the mark; ``rest(took)``,
+    if given, is called after each full batch with the seconds it took (prune
+    pauses there, so that the service's writers get their turns).
     """
     removed, through = 0, 0
     with database.connection_context():
         while True:
+            started = time.monotonic()
             with database.atomic():
                 rows = (
                     Change.select(Change.seq, Change.at)
@@ -559,6 +562,8 @@ def remove_older_than(cutoff_us, batch=1000):
             if len(seqs) < batch:
                 break
             through = seqs[-1]
+            if rest is not None:
+                rest(time.monotonic() - started)
     if removed:
         logger.info("Removed %d changes recorded before %d", removed, cutoff_us)
     return removed
