@@ -36,7 +36,9 @@ what it costs writes is measured in README.rst (Performance).
 """
 
 import logging
+import threading
 import time
+from contextlib import contextmanager
 
 from flask import current_app
 from peewee import (
@@ -138,6 +140,7 @@ def record(kind, session, at, **extra):
 
     Call it as the last statement before COMMIT: on PostgreSQL it takes the
     append lock (see the module's docstring), held until the transaction ends.
+    Inside ``last_in_transaction()`` the change waits for the block's end.
     ``extra``: ``message_id`` and ``role``, ``changed`` (field names) or ``reason``.
     """
     changed = extra.get("changed")
@@ -154,11 +157,47 @@ def record(kind, session, at, **extra):
         "changed": ",".join(changed) if changed else None,
         "reason": extra.get("reason"),
     }
+    row = [values[name] for name in _COLUMNS]
+    held = getattr(_held_back, "rows", None)
+    if held is not None:
+        held.append(row)
+    else:
+        _append(row)
+
+
+def _append(row):
     db = database.obj
-    db.execute_sql(_append_sql(db), [values[name] for name in _COLUMNS])
+    db.execute_sql(_append_sql(db), row)
     # The waiters are woken once the outermost transaction commits (a keyed
     # request's, say), never before: they would look and find nothing yet.
     database.after_commit(committed)
+
+
+_held_back = threading.local()
+
+
+@contextmanager
+def last_in_transaction():
+    """Hold back the changes recorded in the block; ``append()`` them as the last statements.
+
+    A write whose transaction goes on after its change (a keyed request
+    stores its answer) records inside this block, then calls the ``append``
+    it yields right before COMMIT, so the append lock is held for the
+    INSERT and the COMMIT only.  Changes not appended (the block raised) are
+    dropped, as the transaction is rolled back.
+    """
+    if getattr(_held_back, "rows", None) is not None:
+        raise RuntimeError("last_in_transaction() blocks do not nest")
+    rows = _held_back.rows = []
+
+    def append():
+        while rows:
+            _append(rows.pop(0))
+
+    try:
+        yield append
+    finally:
+        _held_back.rows = None
 
 
 _append_sql_by_kind = {}

@@ -36,7 +36,7 @@ from flask import current_app, request
 from marshmallow import ValidationError
 from peewee import PostgresqlDatabase, Tuple
 
-from . import auth, jsonio
+from . import auth, feed, jsonio
 from .conditional import ETAG, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED
 from .db import connected, database
 from .errors import KeyInFlight, KeyReused
@@ -90,9 +90,14 @@ def once(key, body, act):
         stored = _claim(scope, key, now)
         if stored is not None:
             return _replay(stored, signed)
-        response = current_app.make_response(act())
-        if response.status_code == 201:
-            _store(scope, key, signed, response, now)
+        # The write's change goes in last, after the answer is stored: the
+        # feed's append lock, which every writer waits for, is held from that
+        # INSERT to COMMIT only (feed.py).
+        with feed.last_in_transaction() as append_change:
+            response = current_app.make_response(act())
+            if response.status_code == 201:
+                _store(scope, key, signed, response, now)
+            append_change()
     return response
 
 
