@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 from peewee import DatabaseProxy, OperationalError
 from playhouse.db_url import parse as parse_url
 from playhouse.pool import PooledSqliteDatabase
-from playhouse.postgres_ext import PooledPsycopg3Database
+
+from .deadlines import BoundedPooledPsycopg3Database
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +67,23 @@ def make_database(config):
         params.setdefault("options", _server_options(config))
         for name, value in KEEPALIVES.items():
             params.setdefault(name, value)
-        return PooledPsycopg3Database(**params, **pool)
+        # Bytes unacknowledged this long (a host gone from the network) end
+        # the connection.  A server that hangs behind a live kernel (which
+        # acknowledges the bytes) is bounded by deadlines.py instead.
+        params.setdefault("tcp_user_timeout", TCP_USER_TIMEOUT_MS)
+        return BoundedPooledPsycopg3Database(
+            **params,
+            **pool,
+            statement_bound=statement_bound(config),
+            ping_bound=config["DATABASE_CONNECT_TIMEOUT"],
+        )
     raise ValueError(
         f"DATABASE_URL must start with sqlite://, postgres:// or postgresql://, not {scheme}://"
     )
 
 
+#: libpq's tcp_user_timeout, in milliseconds.
+TCP_USER_TIMEOUT_MS = 10_000
 #: libpq's TCP keepalives on the service's connections: a server that is
 #: gone (a host cut off, not a stopped one) is noticed within about 11 s,
 #: not the kernel's two hours.
@@ -81,6 +93,15 @@ KEEPALIVES = {
     "keepalives_interval": 2,
     "keepalives_count": 3,
 }
+
+
+def statement_bound(config):
+    """Return the seconds a round trip may take before the client gives up on the server.
+
+    A second past ``statement_timeout``: a server that is alive answers
+    (with its own error) before then.
+    """
+    return config["DATABASE_STATEMENT_TIMEOUT_MS"] / 1000 + 1
 
 
 def _server_options(config):

@@ -35,10 +35,10 @@ import time
 
 import psycopg
 from peewee import OperationalError, PostgresqlDatabase, SqliteDatabase
-from playhouse.postgres_ext import Psycopg3Database
 
 from . import metrics
 from .db import database
+from .deadlines import BoundedPsycopg3Database
 
 logger = logging.getLogger(__name__)
 
@@ -353,7 +353,12 @@ class Hub:
 def _private_copy(db):
     """Return an unpooled database like ``db``, for one thread's own connection."""
     if isinstance(db, PostgresqlDatabase):
-        return Psycopg3Database(db.database, autoconnect=False, **db.connect_params)
+        # Each read bounded as the pool's are (deadlines.py): a silent server
+        # must not hold the watcher for ever.
+        bound = getattr(db, "statement_bound", None)
+        return BoundedPsycopg3Database(
+            db.database, autoconnect=False, statement_bound=bound, **db.connect_params
+        )
     return SqliteDatabase(db.database, pragmas=db._pragmas, autoconnect=False)
 
 

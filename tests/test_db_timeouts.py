@@ -19,6 +19,7 @@ def test_connections_get_the_configured_timeouts():
         " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
     )
     assert database.connect_params["keepalives"] == 1
+    assert database.connect_params["tcp_user_timeout"] == 10_000
 
 
 def test_the_settings_change_them():
