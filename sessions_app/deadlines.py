@@ -42,8 +42,14 @@ class Watchdog:
     """Shuts down the socket of a connection whose round trip has passed its deadline."""
 
     def __init__(self):
+        self._reset()
+        # A child of a fork (a Gunicorn worker) starts afresh: the parent's
+        # thread is not there, and its lock may have been held at the fork.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self):
         self._lock = threading.Condition()
-        self._deadlines = {}  # token -> (deadline, socket descriptor, seconds)
+        self._deadlines = {}  # Deadline -> (deadline, socket descriptor, seconds)
         self._pid = None
 
     @contextmanager
