@@ -16,11 +16,14 @@ project's gunicorn.conf.py, driven by wrk:
    create sessions and send messages: the writers' latency before and
    during the prune, and that no writer failed and every unexpired session
    stayed.
+4. Prune of a backlog of old changes (``BENCH_PRUNE_CHANGES``, a million by
+   default) while 8 writer threads create sessions: their p99 before, and
+   p99 and worst latency during the prune, and that none failed.
 
 Environment:
   BENCH_QUICK=1          one round of 2 s, 10,000 sessions to prune
   BENCH_ROUNDS, BENCH_WINDOW, BENCH_PRUNE   rounds, seconds per round, sessions to prune
-  BENCH_ONLY             some of writes,count,prune (all by default)
+  BENCH_ONLY             some of writes,count,prune,prune_changes (all by default)
   BENCH_DATABASE_URL     also bench on PostgreSQL: databases named after this
                          one with _before, _count and _prune are made and dropped
 """
@@ -58,6 +61,9 @@ def settings():
         "window": int(os.environ.get("BENCH_WINDOW", 2 if quick else 3)),
         "count_sessions": 100_000,
         "prune_sessions": int(os.environ.get("BENCH_PRUNE", 10_000 if quick else 50_000)),
+        "prune_changes": int(
+            os.environ.get("BENCH_PRUNE_CHANGES", 100_000 if quick else 1_000_000)
+        ),
         "messages_each": 10,
     }
 
@@ -332,6 +338,75 @@ def bench_prune(kind, config, workdir):
     }
 
 
+# -- 4. prune of a change backlog under writers ----------------------------------------
+
+
+def bench_prune_changes(kind, config, workdir):
+    """Prune ``prune_changes`` old changes while writer threads create sessions; their latency."""
+    import threading
+
+    from sessions_app.timefmt import now_us
+
+    backlog = config["prune_changes"]
+    with database(kind, workdir, "prune_changes") as url:
+        print(f"[{kind}] prune changes: storing {backlog:,} changes 8 days old ...", flush=True)
+        at = now_us() - 8 * DAY_US
+        row = ("session.created", "session-old", "old", None, "created", 1, at)
+        with connect(url) as conn:
+            slots = ",".join(["?" if url.startswith("sqlite") else "%s"] * len(row))
+            cursor = conn.cursor()
+            cursor.executemany(
+                "INSERT INTO changes (type, session_id, agent_id, task_id, status, version, at)"
+                f" VALUES ({slots})",
+                [row] * backlog,
+            )
+        server = Server(f"{kind}-prune-changes", "wsgi:app", workdir, url).start()
+        stop, lock, latencies = threading.Event(), threading.Lock(), []
+
+        def write():
+            client = Client(server.port)
+            while not stop.is_set():
+                started = time.monotonic()
+                status, _ = client.call("POST", "/api/sessions", {"agent_id": "writer"})
+                with lock:
+                    latencies.append((started, time.monotonic() - started, status))
+
+        writers = [threading.Thread(target=write) for _ in range(8)]
+        try:
+            for thread in writers:
+                thread.start()
+            time.sleep(config["window"])
+            began = time.monotonic()
+            pruned = subprocess.run(
+                [str(FLASK), "--app", "sessions_app", "prune"],
+                cwd=ROOT,
+                env={**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json",
+                     "PROMETHEUS_MULTIPROC_DIR": str(Path(workdir) / f"{kind}-pc-metrics")},
+                capture_output=True,
+                text=True,
+            )  # fmt: skip
+            ended = time.monotonic()
+            time.sleep(1)
+        finally:
+            stop.set()
+            for thread in writers:
+                thread.join()
+            server.stop()
+        assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    before = sorted(took for at, took, _ in latencies if at < began)
+    during = sorted(took for at, took, _ in latencies if began <= at < ended)
+    return {
+        "changes": backlog,
+        "prune_seconds": ended - began,
+        "summary": pruned.stdout.splitlines()[-1],
+        "before_p99_ms": before[int(len(before) * 0.99)] * 1000,
+        "during_p99_ms": during[int(len(during) * 0.99)] * 1000 if during else None,
+        "during_worst_ms": during[-1] * 1000 if during else None,
+        "during_writes": len(during),
+        "failed": sum(1 for _, _, status in latencies if status != 201),
+    }
+
+
 # -- the run -------------------------------------------------------------------------
 
 
@@ -348,6 +423,14 @@ def report(kind, result):
         print(
             f"count at {count['sessions']:,}, {name:<27} = {q['count']:>6,}: "
             f"p50 {q['p50_ms']:.2f} ms, p99 {q['p99_ms']:.2f} ms"
+        )
+    if "prune_changes" in result:
+        c = result["prune_changes"]
+        print(
+            f"prune {c['changes']:,} changes in {c['prune_seconds']:.1f} s under 8 writer threads: "
+            f"writers' p99 before {c['before_p99_ms']:.1f} ms, during {c['during_p99_ms']:.1f} ms, "
+            f"worst {c['during_worst_ms']:.1f} ms ({c['during_writes']} writes); "
+            f"failed {c['failed']}"
         )
     if "prune" not in result:
         return
@@ -373,7 +456,12 @@ def main():
     config = settings()
     kinds = ["sqlite"] + (["postgresql"] if os.environ.get("BENCH_DATABASE_URL") else [])
     run = {"machine": machine(), "settings": config, "results": {}}
-    parts = {"writes": bench_writes, "count": bench_count, "prune": bench_prune}
+    parts = {
+        "writes": bench_writes,
+        "count": bench_count,
+        "prune": bench_prune,
+        "prune_changes": bench_prune_changes,
+    }
     only = os.environ.get("BENCH_ONLY", ",".join(parts)).split(",")
     with tempfile.TemporaryDirectory(prefix="sessions-bench-finding-") as workdir:
         for kind in kinds:
@@ -393,6 +481,8 @@ def main():
         r["prune"]["left_expired"] or r["prune"]["baseline"]["failed"]
         or any(f["failed"] for f in r["prune"]["during"])
         for r in run["results"].values() if "prune" in r
+    ) or any(
+        r["prune_changes"]["failed"] for r in run["results"].values() if "prune_changes" in r
     )  # fmt: skip
     return 1 if failed else 0
 

@@ -20,6 +20,9 @@ SETTINGS = {
     "RETRY_AFTER_SECONDS": (2, int),
     "DATABASE_CONNECT_TIMEOUT": (3, int),
     "DATABASE_STATEMENT_TIMEOUT_MS": (10_000, int),
+    # A transaction of the service's that sits idle this long is ended by
+    # the server, so a stalled worker frees the feed's append lock.
+    "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS": (5_000, int),
     "TRUST_PROXY": (0, int),
     "SESSIONS_API_TOKENS": ("", str),
     "SESSIONS_API_READONLY_TOKENS": ("", str),
@@ -72,6 +75,7 @@ def load(mapping=None, environ=None):
         "STREAM_HEARTBEAT_SECONDS",
         "FEED_WAITERS_MAX",
         "STREAM_BACKLOG_MAX",
+        "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
     ):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1, not {config[name]}")

@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 from peewee import DatabaseProxy, OperationalError
 from playhouse.db_url import parse as parse_url
 from playhouse.pool import PooledSqliteDatabase
-from playhouse.postgres_ext import PooledPsycopg3Database
+
+from .deadlines import BoundedPooledPsycopg3Database
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +64,62 @@ def make_database(config):
         # A server that is down or stuck must cost a request a quick 503, not
         # hang it until Gunicorn kills the worker; the URL's own values win.
         params.setdefault("connect_timeout", config["DATABASE_CONNECT_TIMEOUT"])
-        params.setdefault(
-            "options", f"-c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']}"
+        params.setdefault("options", _server_options(config))
+        for name, value in KEEPALIVES.items():
+            params.setdefault(name, value)
+        # Bytes unacknowledged this long (a host gone from the network) end
+        # the connection.  A server that hangs behind a live kernel (which
+        # acknowledges the bytes) is bounded by deadlines.py instead.
+        params.setdefault("tcp_user_timeout", TCP_USER_TIMEOUT_MS)
+        return BoundedPooledPsycopg3Database(
+            **params,
+            **pool,
+            statement_bound=statement_bound(config),
+            ping_bound=config["DATABASE_CONNECT_TIMEOUT"],
         )
-        return PooledPsycopg3Database(**params, **pool)
     raise ValueError(
         f"DATABASE_URL must start with sqlite://, postgres:// or postgresql://, not {scheme}://"
     )
+
+
+#: libpq's tcp_user_timeout, in milliseconds.
+TCP_USER_TIMEOUT_MS = 10_000
+#: libpq's TCP keepalives on the service's connections: a server that is
+#: gone (a host cut off, not a stopped one) is noticed within about 11 s,
+#: not the kernel's two hours.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
+
+def statement_bound(config):
+    """Return the seconds a round trip may take before the client gives up on the server.
+
+    A second past ``statement_timeout``: a server that is alive answers
+    (with its own error) before then.
+    """
+    return config["DATABASE_STATEMENT_TIMEOUT_MS"] / 1000 + 1
+
+
+def _server_options(config):
+    """Return the settings each of the service's PostgreSQL sessions starts with.
+
+    A stalled transaction (a stuck worker, a client host cut off) is ended
+    by the server after ``DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS``, freeing
+    its locks (the feed's append lock above all); the server's keepalives
+    find a peer that vanished mid-transaction as the client's find a server.
+    """
+    settings = {
+        "statement_timeout": config["DATABASE_STATEMENT_TIMEOUT_MS"],
+        "idle_in_transaction_session_timeout": config["DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS"],
+        "tcp_keepalives_idle": KEEPALIVES["keepalives_idle"],
+        "tcp_keepalives_interval": KEEPALIVES["keepalives_interval"],
+        "tcp_keepalives_count": KEEPALIVES["keepalives_count"],
+    }
+    return " ".join(f"-c {name}={value}" for name, value in settings.items())
 
 
 class WriterQueue:

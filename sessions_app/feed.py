@@ -583,34 +583,67 @@ _after = Prepared(
 
 
 def count_older_than(cutoff_us):
-    """Return how many changes were recorded before ``cutoff_us`` (epoch microseconds)."""
+    """Return how many changes ``remove_older_than(cutoff_us)`` would remove now."""
     with database.connection_context():
-        return Change.select().where(Change.at < cutoff_us).count()
+        query = Change.select().where(Change.at < cutoff_us)
+        first_kept = _first_kept(cutoff_us)
+        if first_kept is not None:
+            query = query.where(Change.seq < first_kept)
+        return query.count()
 
 
-def remove_older_than(cutoff_us, batch=1000):
-    """Delete the changes recorded before ``cutoff_us``, ``batch`` per transaction; return how many.
+def _first_kept(cutoff_us):
+    """Return the lowest seq recorded at or after ``cutoff_us``, None if there is none."""
+    row = (
+        Change.select(Change.seq)
+        .where(Change.at >= cutoff_us)
+        .order_by(Change.seq)
+        .limit(1)
+        .tuples()
+        .first()
+    )
+    return row[0] if row else None
 
-    Each batch also raises the mark that turns older cursors into a 410,
-    in the same transaction as the delete.
+
+def remove_older_than(cutoff_us, batch=1000, rest=None):
+    """Delete the changes recorded before ``cutoff_us``, oldest seq first; return how many.
+
+    A change's ``at`` is read before its writer's turn to append, so a later
+    seq may hold an earlier ``at``: removal goes in seq order and stops at the
+    first change it keeps, so no kept change ever lies below the mark (which
+    would make it unreachable, and a cursor before it a 410).  Each batch of
+    ``batch`` is one transaction, which also raises the mark; ``rest(took)``,
+    if given, is called after each full batch with the seconds it took (prune
+    pauses there, so that the service's writers get their turns).
     """
-    removed = 0
+    removed, through = 0, 0
     with database.connection_context():
         while True:
+            started = time.monotonic()
             with database.atomic():
-                seqs = [
-                    row[0]
-                    for row in Change.select(Change.seq)
-                    .where(Change.at < cutoff_us)
+                rows = (
+                    Change.select(Change.seq, Change.at)
+                    .where(Change.seq > through)
                     .order_by(Change.seq)
                     .limit(batch)
                     .tuples()
-                ]
-                if not seqs:
-                    break
-                Change.delete().where(Change.seq.in_(seqs)).execute()
-                _raise_mark(seqs[-1])
+                )
+                seqs = []
+                for seq, at in rows:
+                    if at >= cutoff_us:
+                        break
+                    seqs.append(seq)
+                if seqs:
+                    Change.delete().where(
+                        (Change.seq > through) & (Change.seq <= seqs[-1])
+                    ).execute()
+                    _raise_mark(seqs[-1])
             removed += len(seqs)
+            if len(seqs) < batch:
+                break
+            through = seqs[-1]
+            if rest is not None:
+                rest(time.monotonic() - started)
     if removed:
         logger.info("Removed %d changes recorded before %d", removed, cutoff_us)
     return removed

@@ -9,6 +9,7 @@ the line of each request).
 
 import logging
 import logging.config
+import re
 from datetime import UTC, datetime
 
 import orjson
@@ -37,19 +38,45 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+#: Characters that would end a text line or act on a terminal: C0 and C1
+#: controls, DEL, and Unicode's line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_control(match):
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text):
+    """Return ``text`` with every control character written as its escape (``\\n``, ``\\x1b``)."""
+    return _CONTROL.sub(_escape_control, str(text))
+
+
 class TextFormatter(logging.Formatter):
-    """Write a record as one readable line: time, level, logger, request id, fields (not None)."""
+    """Write a record as one readable line: time, level, logger, request id, fields (not None).
+
+    What a client sent (an ``agent_id``, a path) may be in the message and the
+    fields: control characters are escaped there, so a newline cannot start a
+    forged line.  A traceback follows on lines of its own, each indented with
+    ``  | ``, so none of them reads as a record either.
+    """
 
     def format(self, record):
         parts = [_timestamp(record), record.levelname, record.name]
         if getattr(record, "request_id", None):
-            parts.append(f"[{record.request_id}]")
-        parts.append(record.getMessage())
+            parts.append(f"[{escape(record.request_id)}]")
+        parts.append(escape(record.getMessage()))
         fields = getattr(record, "fields", {}).items()
-        parts.extend(f"{key}={value}" for key, value in fields if value is not None)
+        parts.extend(f"{key}={escape(value)}" for key, value in fields if value is not None)
         line = " ".join(parts)
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            trace = self.formatException(record.exc_info).splitlines()
+            line += "".join(f"\n  | {escape(text)}" for text in trace)
         return line
 
 

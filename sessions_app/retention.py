@@ -141,7 +141,7 @@ def prune_sessions(
             totals.sessions,
             totals.messages,
         )
-        time.sleep(max(pause, took * PAUSE_RATIO))
+        _rest(pause, took)
     return totals
 
 
@@ -155,7 +155,19 @@ def prune_keys(before, pause=MIN_PAUSE):
             return total
         total += deleted
         metrics.PRUNED.labels("keys").inc(deleted)
-        time.sleep(max(pause, (time.monotonic() - started) * PAUSE_RATIO))
+        _rest(pause, time.monotonic() - started)
+
+
+def prune_changes(before, pause=MIN_PAUSE):
+    """Remove the changes recorded before ``before``, batch by batch; return how many."""
+    removed = feed.remove_older_than(before, rest=lambda took: _rest(pause, took))
+    metrics.PRUNED.labels("changes").inc(removed)
+    return removed
+
+
+def _rest(pause, took):
+    """Wait after a batch of ``took`` seconds: ``PAUSE_RATIO`` times as long, ``pause`` at least."""
+    time.sleep(max(pause, took * PAUSE_RATIO))
 
 
 def prune(config, dry_run=False, now=None, **batching):
@@ -176,8 +188,7 @@ def prune(config, dry_run=False, now=None, **batching):
         )
     else:
         totals.keys = prune_keys(keys_before, batching.get("pause", MIN_PAUSE))
-        totals.changes = feed.remove_older_than(changes_before)
-        metrics.PRUNED.labels("changes").inc(totals.changes)
+        totals.changes = prune_changes(changes_before, batching.get("pause", MIN_PAUSE))
         logger.info("Pruned %s", totals.describe())
     return totals
 

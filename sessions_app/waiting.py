@@ -37,10 +37,10 @@ import threading
 import psycopg
 from peewee import OperationalError, PostgresqlDatabase, SqliteDatabase
 from playhouse.pool import PooledSqliteDatabase
-from playhouse.postgres_ext import PooledPsycopg3Database, Psycopg3Database
 
 from . import metrics
 from .db import database
+from .deadlines import BoundedPooledPsycopg3Database, BoundedPsycopg3Database
 
 logger = logging.getLogger(__name__)
 
@@ -429,7 +429,12 @@ class Hub:
 def _private_copy(db):
     """Return an unpooled database like ``db``, for one thread's own connection."""
     if isinstance(db, PostgresqlDatabase):
-        return Psycopg3Database(db.database, autoconnect=False, **db.connect_params)
+        # Each read bounded as the pool's are (deadlines.py): a silent server
+        # must not hold the watcher for ever.
+        bound = getattr(db, "statement_bound", None)
+        return BoundedPsycopg3Database(
+            db.database, autoconnect=False, statement_bound=bound, **db.connect_params
+        )
     return SqliteDatabase(db.database, pragmas=db._pragmas, autoconnect=False)
 
 
@@ -437,7 +442,9 @@ def _pooled_copy(db, size):
     """Return a pool of ``size`` connections to ``db``'s database, waiting as ``db`` does."""
     pool = {"max_connections": size, "timeout": db._wait_timeout, "autoconnect": False}
     if isinstance(db, PostgresqlDatabase):
-        return PooledPsycopg3Database(db.database, **pool, **db.connect_params)
+        # Bounded as the requests' pool is (deadlines.py).
+        bounds = {"statement_bound": db.statement_bound, "ping_bound": db.ping_bound}
+        return BoundedPooledPsycopg3Database(db.database, **pool, **bounds, **db.connect_params)
     return PooledSqliteDatabase(db.database, pragmas=db._pragmas, check_same_thread=False, **pool)
 
 

@@ -6,6 +6,7 @@ One request per client connection: the request goes upstream with
 ``Connection: close`` and the whole answer is read before it is passed on.
 """
 
+import contextlib
 import socket
 import threading
 import time
@@ -131,3 +132,75 @@ def _read_request(conn):
     kept = [line for line in lines[1:] if not line.lower().startswith("connection:")]
     upstream_head = "\r\n".join([lines[0], *kept, "Connection: close"])
     return method, path, headers, upstream_head.encode("latin-1") + b"\r\n\r\n" + body
+
+
+class FreezingTcpProxy:
+    """Forward a free loopback port to ``upstream`` (host, port); ``freeze()`` stops the bytes.
+
+    Frozen, the proxy keeps every socket open and accepts new connections
+    (and connects them upstream) but forwards nothing either way, as a
+    server that hangs with its TCP connections up; ``thaw()`` forwards again,
+    what waited included.
+    """
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closing = threading.Event()
+        self._sockets, self._lock = [], threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self):
+        self._flowing.clear()
+
+    def thaw(self):
+        self._flowing.set()
+
+    def close(self):
+        self._closing.set()
+        self._flowing.set()
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def _accept(self):
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            client.settimeout(None)
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _pipe(self, source, sink):
+        try:
+            while True:
+                # Frozen: read nothing, so what is sent waits in the kernel's buffers.
+                self._flowing.wait()
+                data = source.recv(65536)
+                if not data or self._closing.is_set():
+                    break
+                self._flowing.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)

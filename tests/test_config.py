@@ -16,6 +16,7 @@ def test_defaults_without_environment():
         "RETRY_AFTER_SECONDS": 2,
         "DATABASE_CONNECT_TIMEOUT": 3,
         "DATABASE_STATEMENT_TIMEOUT_MS": 10_000,
+        "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS": 5_000,
         "TRUST_PROXY": 0,
         "SESSIONS_API_TOKENS": "",
         "SESSIONS_API_READONLY_TOKENS": "",

@@ -222,3 +222,29 @@ def test_the_dev_server_writes_one_readable_line_per_request(tmp_path):
     # No second line per request from Werkzeug, and no colour codes in the request lines.
     assert not [line for line in lines if "HTTP/1.1" in line]
     assert not [line for line in requests_logged if "\x1b[" in line]
+
+
+def test_text_lines_escape_what_clients_send(client, caplog):
+    forged = "a\n2026-01-01T00:00:00.000Z ERROR sessions_app.auth forged line\r\x1b[31m\u2028"
+    with caplog.at_level(logging.DEBUG, logger="sessions_app"):  # the model's line is DEBUG
+        client.post("/api/sessions", json={"agent_id": forged}, headers={"X-Request-ID": "rid-esc"})
+    records = [r for r in caplog.records if r.request_id == "rid-esc"]
+    created = next(r for r in records if r.name == "sessions_app.models")
+    created.fields = {"agent": forged}
+    text = TextFormatter().format(created)
+    assert text.splitlines() == [text]
+    assert "\x1b" not in text and "\u2028" not in text
+    assert "for agent a\\n2026-01-01T00:00:00.000Z ERROR sessions_app.auth forged line\\r" in text
+    assert text.endswith("agent=a\\n2026-01-01T00:00:00.000Z ERROR sessions_app.auth forged "
+                         "line\\r\\x1b[31m\\u2028")  # fmt: skip
+
+
+def test_a_text_lines_exception_cannot_start_a_line(app):
+    try:
+        raise RuntimeError("boom\n2026-01-01T00:00:00.000Z ERROR x forged")
+    except RuntimeError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), None)
+        record.exc_info = sys.exc_info()
+    first, *rest = TextFormatter().format(record).splitlines()
+    assert first.endswith("ERROR x failed")
+    assert rest and all(line.startswith("  | ") for line in rest)

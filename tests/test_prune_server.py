@@ -16,6 +16,7 @@ import requests
 from servers import ROOT, serving
 
 from sessions_app import create_app, db, migrations
+from sessions_app.feed import Change
 from sessions_app.ids import new_session_id
 from sessions_app.models import Message, Session
 from sessions_app.timefmt import now_us
@@ -157,3 +158,61 @@ def test_prune_under_writers_deletes_only_the_expired(empty_database_url, tmp_pa
         assert f'sessions_pruned_total{{what="messages"}} {float(total)}' in metrics
         assert 'sessions_prune_runs_total{outcome="ok"} 1.0' in metrics
         assert messages[-1] == f"Pruned {EXPIRED:,} sessions, {total:,} messages, 0 keys, 0 changes"
+
+
+OLD_CHANGES = 300_000
+
+
+def seed_changes(url, count):
+    """``count`` changes recorded 8 days ago (past the default 7 days' retention)."""
+    create_app({"DATABASE_URL": url})
+    migrations.upgrade()
+    at = now_us() - 8 * DAY * 1_000_000
+    row = {"type": "session.created", "session_id": "session-old", "agent_id": "old",
+           "task_id": None, "status": "created", "version": 1, "at": at}  # fmt: skip
+    with db.database.connection_context(), db.database.atomic():
+        for start in range(0, count, 5_000):
+            Change.insert_many([row] * min(5_000, count - start)).execute()
+    db.database.close_all()
+
+
+def test_pruning_a_large_change_backlog_leaves_writers_their_turns(empty_database_url, tmp_path):
+    # A writer that waits half a second for its turn gets a 503: prune's
+    # batches must leave the service's writers room between them (run back to
+    # back, 300,000 changes kept writers waiting about a second).
+    url = empty_database_url
+    seed_changes(url, OLD_CHANGES)
+    env = {"DATABASE_URL": url, "SQLITE_BUSY_TIMEOUT_MS": "500"}
+    with serving(tmp_path, WEB_CONCURRENCY="2", GUNICORN_THREADS="4", **env) as (base_url, _):
+        quiet = [requests.post(f"{base_url}/api/sessions", json={"agent_id": "quiet"}).json()["id"]]
+        stop, made, failures = threading.Event(), [], []
+        writers = [
+            threading.Thread(target=writer, args=(base_url, stop, quiet, made, failures))
+            for _ in range(WRITERS)
+        ]
+        for thread in writers:
+            thread.start()
+        try:
+            pruned = subprocess.run(
+                [str(FLASK), "--app", "sessions_app", "prune"],
+                cwd=ROOT,
+                env={**os.environ, **env, "LOG_FORMAT": "json",
+                     "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus")},
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )  # fmt: skip
+        finally:
+            stop.set()
+            for thread in writers:
+                thread.join()
+
+        assert pruned.returncode == 0, pruned.stderr
+        summary = pruned.stdout.splitlines()[-1]
+        assert summary.startswith(
+            f"Deleted 0 sessions, 0 messages, 0 keys, {OLD_CHANGES:,} changes"
+        )
+        assert failures == []
+        assert made, "the writers wrote while prune ran"
+        kept = requests.get(f"{base_url}/api/changes", params={"limit": 1000}).json()["changes"]
+        assert {c["agent_id"] for c in kept} == {"quiet", "writer"}

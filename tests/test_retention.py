@@ -268,3 +268,23 @@ def test_prune_removes_changes_past_their_window_and_older_cursors_get_410(app, 
     assert [c["seq"] for c in kept] == seqs[1:]
     assert client.get("/api/changes?cursor=0").status_code == 410
     assert client.get(f"/api/changes?cursor={seqs[0]}").status_code == 200
+
+
+def test_prune_never_leaves_a_kept_change_below_its_mark(app, api, client):
+    # A change's ``at`` is read before its writer's turn to append, so a
+    # later seq may hold an earlier ``at``: seq 2 is kept while 1 and 3 are old.
+    app.config["CHANGES_RETENTION_SECONDS"] = HOUR
+    for agent_id in ("A", "B", "C"):
+        api.create(agent_id=agent_id)
+    first, kept, third = [c["seq"] for c in client.get("/api/changes").get_json()["changes"]]
+    with db.database.connection_context():
+        Change.update(at=now_us() - 2 * HOUR * 1_000_000).where(
+            Change.seq.in_([first, third])
+        ).execute()
+
+    assert prune(app, dry_run=True).changes == 1
+    assert prune(app, pause=0).changes == 1
+
+    assert [c["seq"] for c in client.get("/api/changes").get_json()["changes"]] == [kept, third]
+    assert client.get(f"/api/changes?cursor={first}").status_code == 200
+    assert client.get(f"/api/changes?cursor={first - 1}").status_code == 410
