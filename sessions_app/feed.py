@@ -51,7 +51,7 @@ from peewee import (
     PostgresqlDatabase,
 )
 
-from . import changes, waiting
+from . import changes, scoping, waiting
 from .db import connected, database
 from .errors import CursorGone, CursorUnknown, SessionNotFound, WaitingFull
 from .prepared import Prepared
@@ -325,6 +325,8 @@ class Follower:
         with connected():
             self.after = position(cursor, name)
         self.filters = filters
+        # The stream is read after its request has ended: keep its scope.
+        self.scope = scoping.current()
         self.heartbeat = heartbeat
         self.end = time.monotonic() + max_seconds
         self.gone = gone or _never
@@ -337,7 +339,7 @@ class Follower:
             if not following:
                 following = subscription.follow(self.after)
                 if not following:
-                    with database.connection_context():
+                    with database.connection_context(), scoping.using(self.scope):
                         found, self.after = page(self.after, _STREAM_BATCH, **self.filters)
                     yield from found
                     if found:
@@ -451,9 +453,13 @@ def matcher(session_id=None, agent_id=None, task_id=None, types=None):
         if value is not None
     ]
     kinds = frozenset(types) if types else None
+    # Offered later, by the watcher's thread: the scope is the caller's, now.
+    scope = scoping.current()
 
     def match(change):
         if kinds is not None and change["type"] not in kinds:
+            return False
+        if scope is not None and not scope.allows(change["agent_id"]):
             return False
         return all(change[name] == value for name, value in wanted)
 
@@ -490,12 +496,17 @@ def _page_query(after, newest, limit, session_id=None, agent_id=None, task_id=No
     kinds = [value for value in type_slots.values() if value is not None]
     if kinds:
         query = query.where(Change.type.in_(kinds))
+    query = scoping.restrict(query, Change.agent_id)  # tombstones carry their agent too
     return query.order_by(Change.seq).limit(limit)
 
 
 _page = Prepared(_page_query)
+# The watcher's read of every change, handed to the waiters' matchers (scoped there).
 _after = Prepared(
-    lambda after, limit: Change.select().where(Change.seq > after).order_by(Change.seq).limit(limit)
+    lambda after, limit: (
+        Change.select().where(Change.seq > after).order_by(Change.seq).limit(limit)
+    ),
+    unscoped=True,
 )
 
 
