@@ -63,7 +63,7 @@ def new_token():
 
 
 def parse(text, source="SESSIONS_API_TOKENS_FILE"):
-    """Return ``{sha256: Entry}`` for the TOML ``text``; raise ``TokenFileError`` naming the entry."""
+    """Return ``{sha256: Entry}`` for the TOML ``text``; ``TokenFileError`` names a bad entry."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
