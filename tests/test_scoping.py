@@ -2,11 +2,12 @@
 
 import json
 import threading
+import time
 
 import pytest
 from test_feed_stream import STREAM, parse, read_all
 
-from sessions_app import create_app, db, migrations, scoping, tokenfile
+from sessions_app import create_app, db, feed, migrations, scoping, tokenfile
 from sessions_app.errors import SessionNotFound
 from sessions_app.models import Session
 from sessions_app.prepared import Prepared, ScopeMissing
@@ -250,6 +251,10 @@ def test_a_long_poll_wakes_only_for_the_tokens_agents(scoped_app, world):
         target=lambda: answer.update(alpha.get(f"/api/changes?cursor={cursor}&wait=10").get_json())
     )
     poll.start()
+    # Write only once the poll waits: beta's change must be offered to it.
+    hub = feed._hub()
+    while hub.waiting() == 0 and poll.is_alive():
+        time.sleep(0.01)
     admin.post(f"/api/sessions/{world['beta']}/message", json={"content": "not for alpha"})
     admin.post(f"/api/sessions/{world['alpha']}/message", json={"content": "for alpha"})
     poll.join(timeout=30)
