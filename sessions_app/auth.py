@@ -181,8 +181,7 @@ def new_token_command(name, agents, read_only):
     except tokenfile.TokenFileError as error:
         raise click.UsageError(str(error)) from None
     click.echo(f"Token (shown only now; give it to its client): {token}")
-    click.echo("Add this entry to SESSIONS_API_TOKENS_FILE, then reload (SIGHUP to Gunicorn):")
-    click.echo("")
+    click.echo("# Add this entry to SESSIONS_API_TOKENS_FILE, then reload Gunicorn (SIGHUP):")
     click.echo(text.rstrip("\n"))
 
 
