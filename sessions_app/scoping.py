@@ -8,17 +8,21 @@ endpoint built on them can forget it.  A prepared statement (prepared.py)
 is generated with markers in place of the scope's values and cached per
 ``shape``; the values are parameters, never part of the SQL.
 
-An agent matches an exact id, or a prefix (``team-a-*``) compared with
-``substr(agent_id, 1, len) = prefix``: exact on every database, whatever
-its collation (a range ``>= 'team-a-'`` is not, outside the C collation,
-and SQLite's LIKE ignores case).
+An agent matches an exact id, or a prefix (``team-a-*``).  On PostgreSQL a
+prefix is ``agent_id LIKE 'team-a-%'`` (``%``, ``_`` and ``\\`` escaped):
+exact whatever the collation, and its planner estimates how many rows match
+from the column's statistics, so a scoped list still reads the index in
+order (with ``substr`` it guessed 0.5 %, sorted the whole table, and a list
+cost a third more).  On SQLite LIKE ignores case, so a prefix is
+``substr(agent_id, 1, len) = prefix``.
 """
 
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from peewee import fn
+from peewee import PostgresqlDatabase, fn
 
+from .db import database
 from .errors import AgentOutOfScope
 
 _current = ContextVar("sessions_app.scope", default=None)
@@ -30,10 +34,11 @@ PARAM_PREFIX = "\x00scope."
 class Scope:
     """Agents by exact id and by prefix; ``allows`` and ``condition`` agree on every id."""
 
-    def __init__(self, exact=(), prefixes=(), lengths=None):
+    def __init__(self, exact=(), prefixes=(), lengths=None, patterns=None):
         self.exact = tuple(exact)
         self.prefixes = tuple(prefixes)
         self.lengths = tuple(len(p) for p in self.prefixes) if lengths is None else lengths
+        self.patterns = tuple(_like(p) for p in self.prefixes) if patterns is None else patterns
         self._exact = frozenset(self.exact)
         #: What a prepared statement's SQL depends on: how many of each.
         self.shape = (len(self.exact), len(self.prefixes))
@@ -57,8 +62,11 @@ class Scope:
         parts = []
         if self.exact:
             parts.append(field.in_(list(self.exact)))
-        for prefix, length in zip(self.prefixes, self.lengths, strict=True):
-            parts.append(fn.SUBSTR(field, 1, length) == prefix)
+        if isinstance(database.obj, PostgresqlDatabase):
+            parts.extend(field % pattern for pattern in self.patterns)  # LIKE
+        else:
+            for prefix, length in zip(self.prefixes, self.lengths, strict=True):
+                parts.append(fn.SUBSTR(field, 1, length) == prefix)
         condition = parts[0]
         for part in parts[1:]:
             condition = condition | part
@@ -70,9 +78,12 @@ class Scope:
 
     def _name_parameters(self):
         values = {f"{PARAM_PREFIX}e{i}": v for i, v in enumerate(self.exact)}
-        for i, (prefix, length) in enumerate(zip(self.prefixes, self.lengths, strict=True)):
+        for i, (prefix, length, pattern) in enumerate(
+            zip(self.prefixes, self.lengths, self.patterns, strict=True)
+        ):
             values[f"{PARAM_PREFIX}p{i}"] = prefix
             values[f"{PARAM_PREFIX}n{i}"] = length
+            values[f"{PARAM_PREFIX}l{i}"] = pattern
         return values
 
     def marked(self):
@@ -80,7 +91,14 @@ class Scope:
         exact = [f"{PARAM_PREFIX}e{i}\x00" for i in range(len(self.exact))]
         prefixes = [f"{PARAM_PREFIX}p{i}\x00" for i in range(len(self.prefixes))]
         lengths = tuple(f"{PARAM_PREFIX}n{i}\x00" for i in range(len(self.prefixes)))
-        return Scope(exact, prefixes, lengths)
+        patterns = tuple(f"{PARAM_PREFIX}l{i}\x00" for i in range(len(self.prefixes)))
+        return Scope(exact, prefixes, lengths, patterns)
+
+
+def _like(prefix):
+    # PostgreSQL's LIKE escapes with a backslash unless told otherwise.
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
 
 
 def current():

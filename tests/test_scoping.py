@@ -292,6 +292,7 @@ def test_a_prepared_statement_run_under_a_scope_must_apply_it(scoped_app):
         ),
         (["a_b", "50%*"], ["a_b", "50%", "50%x"], ["axb", "a_bc", "50x", "5"]),
         (["ü*", "solo"], ["ü", "üx", "solo"], ["u", "solo2", "Ü"]),
+        (["b\\s*"], ["b\\s", "b\\s1"], ["bs", "b\\", "b\\\\s"]),
     ],
 )
 def test_the_sql_condition_agrees_with_allows(scoped_app, agents, inside, outside):
