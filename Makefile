@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run dev test fuzz lint migrate init-db bench bench-finding bench-feed bench-fleet prune clean
+.PHONY: run dev test fuzz lint migrate init-db bench bench-finding bench-feed bench-fleet bench-scoping prune clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.feed
 	$(BIN)/python -m benchmarks.fleet
+	$(BIN)/python -m benchmarks.scoping
 
 ## bench-fleet: creates through one and two instances over a 2 ms network (BENCH_DATABASE_URL)
 bench-fleet: $(VENV)/.installed
@@ -70,6 +71,10 @@ clean:
 ## prune: delete the sessions past SESSION_RETENTION_SECONDS (PRUNE_ARGS=--dry-run to count only)
 prune: $(VENV)/.installed
 	$(BIN)/flask --app sessions_app prune $(PRUNE_ARGS)
+
+## bench-scoping: a token scoped to agents against an unscoped one (GET, list); BENCH_QUICK=1 too
+bench-scoping: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.scoping
 
 ## bench-finding: writes before/after the finding indexes, counts at 100,000 sessions, prune under writers
 bench-finding: $(VENV)/.installed

@@ -3,13 +3,14 @@
 Environment variables override the values marked so; README.rst lists them.
 
 The master imports no app code and none of Flask, peewee, psycopg or
-prometheus_client: only ``sessions_app.config``, ``.logs`` and ``.exposure``,
-which use the standard library (and orjson).  So each worker imports them
+prometheus_client: only ``sessions_app.config``, ``.logs``, ``.tokenfile``
+and ``.exposure``, which use the standard library (and orjson).  So each worker imports them
 itself, after its worker class set up (a gevent worker monkey-patches first),
 and no connection or lock made in the master crosses the fork.
 """
 
 import glob
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from gunicorn import glogging
 
 from sessions_app import config as _config
 from sessions_app import logs as _logs
+from sessions_app import tokenfile as _tokenfile
 
 # Every worker writes its metrics here for /metrics to add up; prometheus_client
 # reads it when a worker imports it.
@@ -25,6 +27,29 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "var/prometheus")
 
 # Named with a leading underscore: Gunicorn reads every other name as a setting.
 _settings = _config.load()
+
+
+def _adopt_tokens_file(path):
+    """Check the tokens file and keep it in force for the workers forked next.
+
+    Gunicorn runs this file at start and again on SIGHUP, before it starts
+    new workers, which inherit what ``tokenfile.adopt`` kept (see its
+    docstring).  At start a malformed file stops Gunicorn, naming the entry;
+    on SIGHUP it is logged, and the tokens in force stay.
+    """
+    try:
+        entries, error = _tokenfile.adopt(path)
+    except _tokenfile.TokenFileError as exc:
+        sys.exit(f"Not starting: {exc}")
+    log = logging.getLogger("gunicorn.error")
+    if error is not None:
+        log.error("Tokens file not reloaded, the %d tokens in force stay: %s", len(entries), error)
+    else:
+        log.info("Tokens file %s: %d tokens in force", path, len(entries))
+
+
+if _settings["SESSIONS_API_TOKENS_FILE"]:
+    _adopt_tokens_file(_settings["SESSIONS_API_TOKENS_FILE"])
 
 # BIND=unix:/run/sessions-app/gunicorn.sock behind nginx (deploy/).
 bind = [

@@ -6,13 +6,25 @@ always open: they carry no session data and monitors call them.  Paths
 under ``/api`` that hold no data are left open by the module that serves
 them (``leave_open``): the API's description, which a browser opening the
 docs could not send a token for.
+
+Tokens come from ``SESSIONS_API_TOKENS`` and ``SESSIONS_API_READONLY_TOKENS``
+(unscoped, compared in constant time with each), and from the tokens file
+(``tokenfile``), which holds only their SHA-256: the presented token is
+hashed and its digest looked up.  A dict look-up compares digests, not
+tokens, so its timing tells nothing about any token.  A token of the file
+with ``agents`` makes its requests' scope (``scoping``) theirs, for storage
+to apply; ``g.token_name`` names the token for the request log and metrics.
 """
 
 import hashlib
 import hmac
 
-from flask import current_app, request
+import click
+from flask import current_app, g, request
+from flask.cli import AppGroup
 from werkzeug.exceptions import Forbidden, Unauthorized
+
+from . import scoping, tokenfile
 
 REALM = "sessions-api"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -72,13 +84,35 @@ def _bearer(header):
     return credentials.strip().encode("latin-1")
 
 
-def _matches(given, tokens):
+def _matching(given, tokens):
     # Compare with every token, without stopping at a match, so the time
     # taken says nothing about which token, or how much of one, matched.
-    found = False
-    for token in tokens:
-        found |= hmac.compare_digest(given, token)
+    found = 0
+    for number, token in enumerate(tokens, 1):
+        if hmac.compare_digest(given, token):
+            found = number
     return found
+
+
+class Tokens:
+    """Every token the app knows: the two variables' lists, and the file's entries by digest."""
+
+    def __init__(self, read_write, read_only, entries):
+        self.read_write, self.read_only, self.entries = read_write, read_only, entries
+
+    def identify(self, given):
+        """Return ``(name, may_write, scope)`` for the token ``given``, or None if unknown."""
+        write = _matching(given, self.read_write)
+        read = _matching(given, self.read_only)
+        entry = self.entries.get(hashlib.sha256(given).hexdigest())
+        if write:
+            return f"SESSIONS_API_TOKENS#{write}", True, None
+        if read:
+            return f"SESSIONS_API_READONLY_TOKENS#{read}", False, None
+        if entry is None:
+            return None
+        scope = None if entry.agents is None else scoping.Scope.of(entry.agents)
+        return entry.name, entry.may_write, scope
 
 
 def _check():
@@ -87,14 +121,25 @@ def _check():
     given = _bearer(request.headers.get("Authorization", ""))
     if given is None:
         raise TokenRequired()
-    read_write, read_only = current_app.extensions[_TOKENS]
-    may_write = _matches(given, read_write)
-    may_read = _matches(given, read_only)
-    if may_write or (may_read and request.method in READ_METHODS):
-        return
-    if may_read:
+    known = current_app.extensions[_TOKENS].identify(given)
+    if known is None:
+        raise TokenRequired(invalid=True)
+    g.token_name, may_write, scope = known
+    if not may_write and request.method not in READ_METHODS:
         raise ReadOnlyToken()
-    raise TokenRequired(invalid=True)
+    if scope is not None:
+        g.scope_token = scoping.enter(scope)
+
+
+def _end_scope(_exc):
+    token = g.pop("scope_token", None)
+    if token is not None:
+        scoping.leave(token)
+
+
+def token_name():
+    """Return the name of the request's token, None when it carries none the app knows."""
+    return g.get("token_name")
 
 
 def caller():
@@ -109,10 +154,45 @@ def caller():
     return hashlib.sha256(b"sessions_app caller\0" + token).hexdigest()[:32]
 
 
+tokens_cli = AppGroup("tokens", help="Tokens of the tokens file (SESSIONS_API_TOKENS_FILE).")
+
+
+@tokens_cli.command("new")
+@click.option("--name", required=True, help="The token's name, for the log and /metrics.")
+@click.option(
+    "--agents",
+    multiple=True,
+    metavar="AGENT",
+    help="An agent id, or a prefix ending in *, the token may act for (repeat it); default: all.",
+)
+@click.option("--read-only", is_flag=True, help="The token may only read.")
+def new_token_command(name, agents, read_only):
+    """Print a new random token, once, and the entry to add to the tokens file."""
+    token = tokenfile.new_token()
+    entry = tokenfile.Entry(
+        name=name,
+        sha256=tokenfile.digest(token),
+        access="read-only" if read_only else "read-write",
+        agents=tuple(agents) or None,
+    )
+    text = tokenfile.entry_text(entry)
+    try:
+        tokenfile.parse(text, source="the new token")  # the same rules as the file's
+    except tokenfile.TokenFileError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(f"Token (shown only now; give it to its client): {token}")
+    click.echo("# Add this entry to SESSIONS_API_TOKENS_FILE, then reload Gunicorn (SIGHUP):")
+    click.echo(text.rstrip("\n"))
+
+
 def init_app(app):
-    """Require a token on ``/api`` when any is configured."""
+    """Require a token on ``/api`` when any is configured (a tokens file counts, even empty)."""
     read_write = parse_tokens(app.config["SESSIONS_API_TOKENS"])
     read_only = parse_tokens(app.config["SESSIONS_API_READONLY_TOKENS"])
-    if read_write or read_only:
-        app.extensions[_TOKENS] = (read_write, read_only)
+    path = app.config["SESSIONS_API_TOKENS_FILE"]
+    entries = tokenfile.in_force(path) if path else {}
+    if read_write or read_only or path:
+        app.extensions[_TOKENS] = Tokens(read_write, read_only, entries)
         app.before_request(_check)
+        app.teardown_request(_end_scope)
+    app.cli.add_command(tokens_cli)

@@ -26,6 +26,8 @@ SETTINGS = {
     "TRUST_PROXY": (0, int),
     "SESSIONS_API_TOKENS": ("", str),
     "SESSIONS_API_READONLY_TOKENS": ("", str),
+    # A TOML file of named tokens, by SHA-256, optionally scoped (tokenfile.py).
+    "SESSIONS_API_TOKENS_FILE": ("", str),
     "LOG_LEVEL": ("INFO", str),
     "LOG_FORMAT": ("json", str),
     "GUNICORN_THREADS": (2, int),

@@ -13,6 +13,7 @@ from playhouse.pool import MaxConnectionsExceeded
 from werkzeug.exceptions import (
     BadRequest,
     Conflict,
+    Forbidden,
     Gone,
     HTTPException,
     InternalServerError,
@@ -33,6 +34,14 @@ PROBLEM_MIMETYPE = "application/problem+json"
 class SessionNotFound(NotFound):
     def __init__(self, session_id):
         super().__init__(f"No session has the id {session_id!r}.")
+
+
+class AgentOutOfScope(Forbidden):
+    """A scoped token asked to create a session for an agent outside its scope."""
+
+    def __init__(self, agent_id):
+        super().__init__(f"This token may not act for the agent {agent_id!r}.")
+        self.errors = {"agent_id": ["Not an agent this token may act for."]}
 
 
 class StatusConflict(Conflict):

@@ -13,7 +13,11 @@ def warning(config, addresses):
     ``addresses`` are Gunicorn's parsed binds: ``(host, port)`` pairs, or a
     path for a unix socket, which exists for a proxy to publish.
     """
-    if config["SESSIONS_API_TOKENS"].strip() or config["SESSIONS_API_READONLY_TOKENS"].strip():
+    if (
+        config["SESSIONS_API_TOKENS"].strip()
+        or config["SESSIONS_API_READONLY_TOKENS"].strip()
+        or config.get("SESSIONS_API_TOKENS_FILE")
+    ):
         return None
     exposed = [_describe(address) for address in addresses if not _loopback(address)]
     if not exposed:

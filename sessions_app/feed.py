@@ -60,7 +60,7 @@ from peewee import (
     PostgresqlDatabase,
 )
 
-from . import changes, waiting
+from . import changes, scoping, waiting
 from .db import connected, database
 from .errors import CursorGone, CursorUnknown, SessionNotFound, WaitingFull
 from .prepared import Prepared
@@ -414,6 +414,8 @@ class _Waiter:
     def __init__(self, kind, filters):
         config = current_app.config
         self.filters = filters
+        # A stream is read after its request has ended: keep the request's scope.
+        self.scope = scoping.current()
         self.hub = _hub()
         try:
             self.subscription = self.hub.subscribe(
@@ -448,7 +450,7 @@ class _Waiter:
                 following = subscription.follow(after)
                 if not following:
                     # The hub is past ``after``: read what it has handed out.
-                    with self.hub.readers.connection_context():
+                    with self.hub.readers.connection_context(), scoping.using(self.scope):
                         found, after = page(after, limit, db=self.hub.readers, **self.filters)
                     if found:
                         yield found, after
@@ -531,9 +533,13 @@ def matcher(session_id=None, agent_id=None, task_id=None, types=None):
         if value is not None
     ]
     kinds = frozenset(types) if types else None
+    # Offered later, by the watcher's thread: the scope is the caller's, now.
+    scope = scoping.current()
 
     def match(change):
         if kinds is not None and change["type"] not in kinds:
+            return False
+        if scope is not None and not scope.allows(change["agent_id"]):
             return False
         return all(change[name] == value for name, value in wanted)
 
@@ -570,12 +576,17 @@ def _page_query(after, newest, limit, session_id=None, agent_id=None, task_id=No
     kinds = [value for value in type_slots.values() if value is not None]
     if kinds:
         query = query.where(Change.type.in_(kinds))
+    query = scoping.restrict(query, Change.agent_id)  # tombstones carry their agent too
     return query.order_by(Change.seq).limit(limit)
 
 
 _page = Prepared(_page_query)
+# The watcher's read of every change, handed to the waiters' matchers (scoped there).
 _after = Prepared(
-    lambda after, limit: Change.select().where(Change.seq > after).order_by(Change.seq).limit(limit)
+    lambda after, limit: (
+        Change.select().where(Change.seq > after).order_by(Change.seq).limit(limit)
+    ),
+    unscoped=True,
 )
 
 

@@ -224,21 +224,24 @@ def _ttl_us():
 
 
 # -- the statements, generated once per database (see prepared.py) -----------
+# Unscoped: keys belong to a caller (its token), not to an agent.
 
 _stored = Prepared(
     lambda scope, key: IdempotencyKey.select().where(
         (IdempotencyKey.scope == scope) & (IdempotencyKey.key == key)
-    )
+    ),
+    unscoped=True,
 )
 
 _forget = Prepared(
     lambda scope, key: IdempotencyKey.delete().where(
         (IdempotencyKey.scope == scope) & (IdempotencyKey.key == key)
-    )
+    ),
+    unscoped=True,
 )
 
 # A value left None (no Location, no ETag) is left out: the column is NULL.
-_insert = Prepared(lambda **row: IdempotencyKey.insert(**row))
+_insert = Prepared(lambda **row: IdempotencyKey.insert(**row), unscoped=True)
 
 
 def _expired(before):
@@ -256,5 +259,6 @@ def _expired(before):
 _purge = Prepared(
     lambda before: IdempotencyKey.delete().where(
         Tuple(IdempotencyKey.scope, IdempotencyKey.key).in_(_expired(before))
-    )
+    ),
+    unscoped=True,
 )

@@ -10,7 +10,7 @@ writes a file before a worker first counts something.
 
 import os
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -36,6 +36,11 @@ LATENCY = Histogram(
     "Time from the start of a request to its response, by method and route.",
     ["method", "route"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+REQUESTS_BY_TOKEN = Counter(
+    "sessions_http_requests_by_token",
+    "HTTP requests answered, by the name of their token ('(none)': no token the service knows).",
+    ["token"],
 )
 DATABASE_ERRORS = Counter(
     "sessions_database_errors",
@@ -75,12 +80,15 @@ WAITING_REFUSED = Counter(
 # share one route label).
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _UNMATCHED = "(unmatched)"
+_NO_TOKEN = "(none)"
 
 
 def _count(response):
     method = request.method if request.method in _METHODS else "OTHER"
     route = request.url_rule.rule if request.url_rule else _UNMATCHED
     REQUESTS.labels(method, route, str(response.status_code)).inc()
+    # Names come from the configuration (auth sets them), never from the client.
+    REQUESTS_BY_TOKEN.labels(g.get("token_name") or _NO_TOKEN).inc()
     LATENCY.labels(method, route).observe(requestlog.elapsed())
     return response
 

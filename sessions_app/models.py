@@ -4,6 +4,11 @@ A create and a message write with ``database.transaction()``: sent with an
 ``Idempotency-Key`` they run inside the transaction that stores their answer
 (``idempotency.py``), and join it rather than open a savepoint.  Every change
 of a session raises its ``version`` in the statement that makes the change.
+
+A token scoped to agents (scoping.py) reaches only their sessions: the list
+filters (``_filtered``) and every statement by id carry the scope in the
+WHERE that names the session, so a session outside it is found exactly as a
+missing one is, by the same statements.
 """
 
 import json
@@ -25,7 +30,7 @@ from peewee import (
     fn,
 )
 
-from . import changes, feed, jsonio, metrics
+from . import changes, feed, jsonio, metrics, scoping
 from .conditional import check_if_match
 from .db import connected, database
 from .errors import SessionNotFound, StatusConflict
@@ -99,6 +104,7 @@ class Session(BaseModel):
     @connected()
     def open(cls, agent_id, task_id=None, prompt=None, data=None):
         """Store a new session and return it as a dict."""
+        scoping.check_agent(agent_id)
         now = now_us()
         row = {
             "id": new_session_id(now),
@@ -200,7 +206,7 @@ class Session(BaseModel):
         value moves ``last_active`` and ``version``.
         """
         with database.atomic():
-            query = cls.select().where(cls.id == session_id)
+            query = _by_id(cls.select(), session_id)
             if database.for_update:
                 query = query.for_update()
             row = query.dicts().first()
@@ -232,14 +238,14 @@ class Session(BaseModel):
         """
         with database.atomic():
             if if_match is not None:
-                query = cls.select(cls.version).where(cls.id == session_id)
+                query = _by_id(cls.select(cls.version), session_id)
                 if database.for_update:
                     query = query.for_update()
                 version = query.scalar()
                 if version is None:
                     raise SessionNotFound(session_id)
                 check_if_match(if_match, version)
-            query = cls.delete().where(cls.id == session_id).returning(*_TOMBSTONE_FIELDS)
+            query = _by_id(cls.delete(), session_id).returning(*_TOMBSTONE_FIELDS)
             deleted = list(query.dicts().execute())
             if not deleted:
                 raise SessionNotFound(session_id)
@@ -333,13 +339,13 @@ class Message(BaseModel):
         newest first before it.
         """
         rows = _message_pages[order].rows(session_id=session_id, cursor=cursor, limit=limit + 1)
-        if not rows and not Session.select().where(Session.id == session_id).exists():
+        if not rows and not _by_id(Session.select(), session_id).exists():
             raise SessionNotFound(session_id)
         return rows
 
 
 def _refuse_message(session_id):
-    status = Session.select(Session.status).where(Session.id == session_id).scalar()
+    status = _by_id(Session.select(Session.status), session_id).scalar()
     if status is None:
         raise SessionNotFound(session_id)
     raise StatusConflict(status, message=True)
@@ -347,7 +353,13 @@ def _refuse_message(session_id):
 
 # -- the hot statements, generated once per database (see prepared.py) -------
 
-_session_by_id = Prepared(lambda session_id: Session.select().where(Session.id == session_id))
+
+def _by_id(query, session_id):
+    """Return ``query`` on the session ``session_id``, if the current scope reaches it."""
+    return scoping.restrict(query.where(Session.id == session_id), Session.agent_id)
+
+
+_session_by_id = Prepared(lambda session_id: _by_id(Session.select(), session_id))
 
 
 _SUMMARY_FIELDS = (
@@ -362,9 +374,7 @@ _SUMMARY_FIELDS = (
 )
 
 
-_version_by_id = Prepared(
-    lambda session_id: Session.select(Session.version).where(Session.id == session_id)
-)
+_version_by_id = Prepared(lambda session_id: _by_id(Session.select(Session.version), session_id))
 
 
 def _filtered(
@@ -385,7 +395,9 @@ def _filtered(
     bound the ids to the ``created_at`` window (ids are time-ordered), so a
     window on the creation time is a range of an index ending in ``id``;
     ``created_at`` itself is compared too, so results never depend on it.
+    The current scope's agents (scoping.py) always apply.
     """
+    query = scoping.restrict(query, Session.agent_id)
     for field, value in (
         (Session.agent_id, agent_id),
         (Session.task_id, task_id),
@@ -440,33 +452,34 @@ _session_pages = {
     for order in ORDERS
 }
 
-_count_message = Prepared(
-    lambda session_id, now: (
-        Session.update(
-            message_count=Session.message_count + 1,
-            version=Session.version + 1,
-            last_active=now,
-            status=Case(None, [(Session.status == CREATED, ACTIVE)], Session.status),
-            status_changed_at=Case(
-                None, [(Session.status == CREATED, now)], Session.status_changed_at
-            ),
-        )
-        .where((Session.id == session_id) & Session.status.not_in(FINAL_STATUSES))
-        .returning(
-            Session.message_count,
-            Session.agent_id,
-            Session.task_id,
-            Session.status,
-            Session.version,
-        )
-    )
-)
 
 # ``data`` comes as the JSON text to store: the marker must reach the SQL unconverted.
+# Unscoped: open() refused a session of another agent before it.
 _store_session = Prepared(
-    lambda data, **row: Session.insert(data=Value(data, converter=None), **row)
+    lambda data, **row: Session.insert(data=Value(data, converter=None), **row), unscoped=True
 )
 
+
+def _count_message_query(session_id, now):
+    update = Session.update(
+        message_count=Session.message_count + 1,
+        version=Session.version + 1,
+        last_active=now,
+        status=Case(None, [(Session.status == CREATED, ACTIVE)], Session.status),
+        status_changed_at=Case(None, [(Session.status == CREATED, now)], Session.status_changed_at),
+    )
+    return _by_id(update.where(Session.status.not_in(FINAL_STATUSES)), session_id).returning(
+        Session.message_count,
+        Session.agent_id,
+        Session.task_id,
+        Session.status,
+        Session.version,
+    )
+
+
+_count_message = Prepared(_count_message_query)
+
+# Unscoped: it runs only after _count_message found the session in scope.
 _store_message = Prepared(
     lambda session_id, seq, message_id, role, content, timestamp: Message.insert(
         session=session_id,
@@ -475,7 +488,8 @@ _store_message = Prepared(
         role=role,
         content=content,
         timestamp=timestamp,
-    )
+    ),
+    unscoped=True,
 )
 
 
@@ -488,6 +502,9 @@ def _message_page_query(order, session_id, limit, cursor=None):
         Message.seq,
         Message.timestamp,
     ).where(Message.session == session_id)
+    if scoping.current() is not None:
+        # The session's agent, in the same statement: no query of its own.
+        query = query.where(Message.session.in_(_by_id(Session.select(Session.id), session_id)))
     if order == "asc":
         if cursor is not None:
             query = query.where(Message.seq > cursor)

@@ -49,6 +49,11 @@ contain NUL (U+0000) or unpaired surrogates. `data` may nest at most
 An unknown query parameter is a 422 on every `/api` endpoint. A method that a
 path does not support is a 405 with an `Allow` header listing those it does.
 
+**Tokens scoped to agents.** A token of the tokens file may be limited to some
+agents: it then lists, counts and follows (`/api/changes`) only their
+sessions, and any other session answers the 404 of a session that does not
+exist. Creating a session for another agent is a 403 naming `agent_id`.
+
 **Safe retries.** A create or a message sent with an `Idempotency-Key` header
 happens once: sent again with the same key and the same body, it gets the
 first answer again (with `Idempotent-Replayed: true`) and changes nothing. The
@@ -273,7 +278,11 @@ ERRORS = {
         "`If-None-Match` is malformed.",
     ),
     401: ("Unauthorized", "No bearer token was sent, or it is not one the service knows."),
-    403: ("Forbidden", "The token may only read; it cannot change anything."),
+    403: (
+        "Forbidden",
+        "The token may only read; it cannot change anything. On a create, also: the token "
+        "is scoped to agents and `agent_id` is not one of them (`errors` names `agent_id`).",
+    ),
     404: ("NotFound", "No session has this id."),
     405: ("MethodNotAllowed", "The path does not take this method; `Allow` lists those it does."),
     409: (

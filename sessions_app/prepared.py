@@ -6,13 +6,25 @@ change between requests: only the values do.  A ``Prepared`` query is built
 once per database and per set of given values, with a marker standing in for
 each value; the SQL is kept with, for each placeholder, the name of the value
 that goes there (or the query's own constant).  Later calls only run the SQL.
+
+A request's agent scope (scoping.py) is part of the key: a statement is
+generated per scope *shape* (how many exact ids, how many prefixes), with
+markers for the scope's values too, which each run passes as parameters.
+Generated under a scope, a statement that does not apply it is refused
+unless it was declared ``unscoped`` (it touches no session by agent: an
+insert after a scoped check, an idempotency key, the watcher's read).
 """
 
 import weakref
 
 from peewee import Alias, CharField, Field, ForeignKeyField, IntegerField, TextField
 
+from . import scoping
 from .db import database
+
+
+class ScopeMissing(RuntimeError):
+    """A statement run under a token's scope does not apply it."""
 
 
 class Prepared:
@@ -26,8 +38,9 @@ class Prepared:
     value by its field (see ``_converters``).
     """
 
-    def __init__(self, build):
+    def __init__(self, build, unscoped=False):
         self.build = build
+        self.unscoped = unscoped
         # database -> {shape: (sql, slots, converters)}
         self._compiled = weakref.WeakKeyDictionary()
 
@@ -46,11 +59,14 @@ class Prepared:
         return rows
 
     def _run(self, db, values):
-        db, (sql, slots, converters) = self._compile(db, values)
+        scope = scoping.current()
+        db, (sql, slots, converters) = self._compile(db, values, scope)
+        if scope is not None:
+            values = {**values, **scope.parameters()}
         params = [values[name] if name else const for name, const in slots]
         return db.execute_sql(sql, params), converters
 
-    def _compile(self, db, values):
+    def _compile(self, db, values, scope):
         shape = []
         for name, value in values.items():
             if isinstance(value, list | tuple | set | frozenset | dict):
@@ -62,16 +78,22 @@ class Prepared:
                 shape.append(name)
         db = database.obj if db is None else db
         compiled = self._compiled.setdefault(db, {})
-        shape = tuple(shape)
-        if shape not in compiled:
-            compiled[shape] = self._generate(shape)
-        return db, compiled[shape]
+        key = (tuple(shape), None if scope is None else scope.shape)
+        if key not in compiled:
+            compiled[key] = self._generate(key[0], scope)
+        return db, compiled[key]
 
-    def _generate(self, shape):
+    def _generate(self, shape, scope):
         # A NUL never gets past the fields that take text from a client, so
         # no real value can be mistaken for a marker.
         markers = {name: f"\x00{name}\x00" for name in shape}
-        query = self.build(**markers)
+        if scope is None:
+            query = self.build(**markers)
+        else:
+            marked = scope.marked()
+            with scoping.using(marked):
+                query = self.build(**markers)
+            markers.update(marked.parameters())
         sql, params = query.sql()
         names = {marker: name for name, marker in markers.items()}
         slots = [
@@ -80,6 +102,9 @@ class Prepared:
         missing = set(shape) - {name for name, _ in slots}
         if missing:
             raise ValueError(f"values not used as parameters: {', '.join(sorted(missing))}")
+        scoped = any(name and name.startswith(scoping.PARAM_PREFIX) for name, _ in slots)
+        if scope is not None and not scoped and not self.unscoped:
+            raise ScopeMissing(f"a statement run under a token's scope does not apply it: {sql}")
         return sql, slots, _converters(query)
 
 

@@ -1,7 +1,7 @@
 """One log line per request, with its facts; every line of a request carries its id.
 
 No line carries a body or a header, so tokens and message contents never
-reach the log.
+reach the log: a request's token appears by its name only (``token``).
 """
 
 import logging
@@ -62,6 +62,8 @@ def _log_request(response):
                 "duration_ms": round(elapsed() * 1000, 3),
                 "client": request.remote_addr,
                 "scheme": request.scheme,
+                # Set by auth for a token it knows; None without one.
+                "token": g.get("token_name"),
             }
         },
     )

@@ -20,6 +20,7 @@ def test_defaults_without_environment():
         "TRUST_PROXY": 0,
         "SESSIONS_API_TOKENS": "",
         "SESSIONS_API_READONLY_TOKENS": "",
+        "SESSIONS_API_TOKENS_FILE": "",
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",
         "GUNICORN_THREADS": 2,

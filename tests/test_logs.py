@@ -44,6 +44,7 @@ def test_one_line_per_request_with_its_facts(client, api, logged):
         "status": 200,
         "client": "127.0.0.1",
         "scheme": "http",
+        "token": None,
     }
 
 

@@ -118,6 +118,8 @@ def test_a_secured_service_documents_its_token(database_url):
     create = document["paths"]["/api/sessions"]["post"]
     assert create["security"] == [{"bearer": []}]
     assert {"401", "403"} <= set(create["responses"])
+    forbidden = document["components"]["responses"]["Forbidden"]["description"]
+    assert "may only read" in forbidden and "`agent_id` is not one of them" in forbidden
     assert "403" not in document["paths"]["/api/sessions"]["get"]["responses"]
     for open_path in ("/health", "/metrics", "/api/openapi.json", "/api/docs/"):
         assert "security" not in document["paths"][open_path]["get"], open_path
