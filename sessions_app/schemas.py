@@ -16,6 +16,7 @@ from . import changes, states
 from .dumping import dumper
 from .fields import (
     CommaList,
+    DataFilterField,
     FeedCursor,
     JSONObject,
     NotBlank,
@@ -91,6 +92,12 @@ class SessionFilterQuerySchema(Schema):
     )
     active_before = QueryTimestamp(
         **_about("Only sessions whose last_active is at or before this instant.")
+    )
+    data = DataFilterField(
+        **_about(
+            "Only sessions whose data contains this JSON object (URL-encoded), as jsonb @> "
+            'defines it: {"pr": 42}, {"labels": ["urgent"]}.'
+        )
     )
 
 
