@@ -190,8 +190,12 @@ class DataFilterField(fields.Field):
         "bad": "{problem}",
     }
 
+    def __init__(self, in_body=False, **kwargs):
+        super().__init__(**kwargs)
+        self.in_body = in_body
+
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, str):
+        if isinstance(value, str) and not self.in_body:
             if len(value) > containment.MAX_LENGTH:
                 raise self.make_error("long")
             try:
@@ -218,3 +222,14 @@ class JSONBoolean(fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid")
         return value
+
+
+class JSONInteger(fields.Integer):
+    """A JSON integer (``5``, or ``5.0``, which JSON Schema counts as one); never text or a bool."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        if isinstance(value, float) and not value.is_integer():
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
