@@ -29,9 +29,9 @@ from .models import (
     _filtered,
     _locked,
     _with_id_bounds,
-    delete_row,
-    record_tombstone,
-    record_update,
+    delete_rows,
+    record_tombstones,
+    record_updates,
     write_changes,
 )
 from .states import STATUSES, can_move
@@ -120,26 +120,22 @@ def _batch(ids, filters, status, delete):
     is judged as it is now, and one whose move the table forbids by now is
     a conflict.
     """
-    conflicts, done = 0, []
+    conflicts, moving = 0, []
     with database.atomic():
         now = now_us()
         query = _filtered(Session.select(*_FIELDS).where(Session.id.in_(ids)), **filters)
-        for row in _locked(query.order_by(Session.id)):
-            if delete:
-                tombstone = delete_row(row["id"])
-                if tombstone is not None:
-                    done.append(tombstone)
-                continue
+        rows = list(_locked(query.order_by(Session.id)))
+        if delete:
+            tombstones = delete_rows([row["id"] for row in rows]) if rows else []
+            record_tombstones(tombstones, now)
+            return len(tombstones), 0
+        for row in rows:
             try:
-                changed = _changes(row, {"status": status})
+                if _changes(row, {"status": status}):
+                    moving.append(row)
             except StatusConflict:
                 conflicts += 1
-                continue
-            if changed:
-                done.append((row, write_changes(row, changed, now)))
-        for item in done:
-            if delete:
-                record_tombstone(item, now)
-            else:
-                record_update(*item, now)
-    return len(done), conflicts
+        if moving:
+            fields = write_changes(moving, {"status": status}, now)
+            record_updates(moving, fields, now)
+    return len(moving), conflicts

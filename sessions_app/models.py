@@ -239,8 +239,8 @@ class Session(BaseModel):
             changed = _changes(row, patch)
             if changed:
                 now = now_us()
-                fields = write_changes(row, changed, now)
-                record_update(row, fields, now)
+                fields = write_changes([row], changed, now)
+                record_updates([row], fields, now)
         if changed:
             logger.info("Updated session %s: %s", session_id, ", ".join(fields))
         return row
@@ -262,11 +262,11 @@ class Session(BaseModel):
                 if version is None:
                     raise SessionNotFound(session_id)
                 check_if_match(if_match, version)
-            tombstone = delete_row(session_id)
-            if tombstone is None:
+            deleted = delete_rows([session_id])
+            if not deleted:
                 raise SessionNotFound(session_id)
-            record_tombstone(tombstone, now_us())
-        logger.info("Deleted session %s (%d messages)", session_id, tombstone["message_count"])
+            record_tombstones(deleted, now_us())
+        logger.info("Deleted session %s (%d messages)", session_id, deleted[0]["message_count"])
 
 
 _TOMBSTONE_FIELDS = (
@@ -283,38 +283,40 @@ def _locked(query):
     return (query.for_update() if database.for_update else query).dicts()
 
 
-def write_changes(row, changed, now):
-    """Store ``changed`` (found by ``_changes``) on the session ``row``; return the fields' names.
+def write_changes(rows, changed, now):
+    """Store ``changed`` (found by ``_changes``) on the sessions ``rows``; return the fields' names.
 
     As every change of a session: ``last_active`` moves to ``now``, the
-    version goes up by one, a new status stamps ``status_changed_at``;
-    ``row`` is updated to match.  The caller records the change
-    (``record_update``) before its transaction ends.
+    version goes up by one, a new status stamps ``status_changed_at``; each
+    row is updated to match.  One statement for all the rows (a bulk
+    change's batch).  The caller records the changes (``record_updates``)
+    before its transaction ends.
     """
     if "status" in changed:
         changed["status_changed_at"] = now
     update = Session.update({**changed, "last_active": now, "version": Session.version + 1})
-    query = update.where(Session.id == row["id"]).returning(Session.version)
-    version = list(query.tuples().execute())[0][0]
-    row.update(changed, last_active=now, version=version)
+    ids = [row["id"] for row in rows]
+    query = update.where(Session.id.in_(ids)).returning(Session.id, Session.version)
+    versions = dict(query.tuples().execute())
+    for row in rows:
+        row.update(changed, last_active=now, version=versions[row["id"]])
     return [name for name in changes.UPDATABLE if name in changed]
 
 
-def record_update(row, fields, now):
-    """Append the ``session.updated`` change of ``row`` to the feed."""
-    feed.record(changes.SESSION_UPDATED, row, now, changed=fields)
+def record_updates(rows, fields, now):
+    """Append the ``session.updated`` change of each of ``rows`` to the feed."""
+    feed.record_many(changes.SESSION_UPDATED, rows, now, changed=fields)
 
 
-def delete_row(session_id):
-    """Delete a session and its messages; return its tombstone's fields, or None if none."""
-    query = Session.delete().where(Session.id == session_id).returning(*_TOMBSTONE_FIELDS)
-    deleted = list(query.dicts().execute())
-    return {**deleted[0], "id": session_id} if deleted else None
+def delete_rows(ids):
+    """Delete sessions and their messages; return the tombstones' fields of those there were."""
+    query = Session.delete().where(Session.id.in_(ids)).returning(Session.id, *_TOMBSTONE_FIELDS)
+    return list(query.dicts().execute())
 
 
-def record_tombstone(tombstone, now):
-    """Append a deleted session's tombstone (reason ``deleted``) to the feed."""
-    feed.record(changes.SESSION_DELETED, tombstone, now, reason=changes.DELETED)
+def record_tombstones(tombstones, now):
+    """Append deleted sessions' tombstones (reason ``deleted``) to the feed."""
+    feed.record_many(changes.SESSION_DELETED, tombstones, now, reason=changes.DELETED)
 
 
 def _changes(row, patch):
