@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run dev test fuzz lint migrate init-db bench bench-finding bench-feed prune clean
+.PHONY: run dev test fuzz lint migrate init-db bench bench-data bench-finding bench-feed prune clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,7 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.feed
+	$(BIN)/python -m benchmarks.data
 
 ## bench-feed: the change feed under load (1,000 long polls, 100 streams); BENCH_QUICK=1 too
 bench-feed: $(VENV)/.installed
@@ -65,6 +66,10 @@ clean:
 ## prune: delete the sessions past SESSION_RETENTION_SECONDS (PRUNE_ARGS=--dry-run to count only)
 prune: $(VENV)/.installed
 	$(BIN)/flask --app sessions_app prune $(PRUNE_ARGS)
+
+## bench-data: data filters at 100,000 sessions and a bulk change of 10,000 under writers; BENCH_QUICK=1 too
+bench-data: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.data
 
 ## bench-finding: writes before/after the finding indexes, counts at 100,000 sessions, prune under writers
 bench-finding: $(VENV)/.installed

@@ -268,18 +268,19 @@ class SessionsClient:
         return Count.from_json(self._get("/api/sessions/count", _query(filters, _LIST_FILTERS)))
 
     def bulk(
-        self, *, status=None, delete=False, dry_run=False, limit=None, idempotency_key=None,
+        self, *, set_status=None, delete=False, dry_run=False, limit=None, idempotency_key=None,
         **filters,
     ):  # fmt: skip
-        """Set ``status`` on, or ``delete``, the sessions matching ``filters``; return a ``Bulk``.
+        """Move to ``set_status``, or ``delete``, the sessions matching ``filters``: a ``Bulk``.
 
-        The filters of ``sessions()``; ``all=True`` for every session (no
+        The filters of ``sessions()`` (``status`` among them: which sessions,
+        not what they become); ``all=True`` for every session (no
         filter at all is refused).  Up to ``limit`` sessions (1,000 by
         default), oldest first; repeat until ``.remaining`` is 0.  Safe to
         retry: each call carries an ``Idempotency-Key``.
         """
-        if (status is None) == (not delete):
-            raise TypeError("give exactly one of status= and delete=True")
+        if (set_status is None) == (not delete):
+            raise TypeError("give exactly one of set_status= and delete=True")
         every = filters.pop("all", False)
         query = _query(filters, _LIST_FILTERS)
         body_filter = {**query, "data": filters["data"]} if "data" in query else dict(query)
@@ -289,7 +290,7 @@ class SessionsClient:
         if every:
             body_filter["all"] = True
         body = {"filter": body_filter, "dry_run": dry_run}
-        body.update({"set": {"status": status}} if status is not None else {"delete": True})
+        body.update({"set": {"status": set_status}} if set_status else {"delete": True})
         if limit is not None:
             body["limit"] = limit
         response = self._post("/api/sessions/bulk", body, idempotency_key)

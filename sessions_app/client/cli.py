@@ -468,7 +468,7 @@ def bulk(ctx, every, to, delete, dry_run, limit, once, as_json, **filters):
     client = client_of(ctx)
     totals = {"matched": 0, "changed": 0, "conflicts": 0}
     while True:
-        done = client.bulk(status=status, delete=delete, dry_run=dry_run, limit=limit, **given)
+        done = client.bulk(set_status=status, delete=delete, dry_run=dry_run, limit=limit, **given)
         if as_json:
             echo_json_line(done.raw)
         for name in totals:
