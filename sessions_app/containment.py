@@ -134,12 +134,27 @@ def condition(column, data_filter, db):
     """Return the condition "``column`` (JSON text) contains ``data_filter``" on ``db``."""
     if isinstance(db, PostgresqlDatabase):
         # The very expression the index is on: CAST(data AS jsonb).
-        return Expression(Cast(column, "jsonb"), "@>", Cast(Value(data_filter.text), "jsonb"))
+        return Expression(Cast(column, "jsonb"), "@>", SQL(_jsonb_literal(data_filter.text)))
     exact = fn.json_contains(column, Value(data_filter.text)) == 1
     checks = list(_sqlite_checks(column, data_filter.value, "$"))
     for check in reversed(checks):
         exact = check & exact
     return exact
+
+
+def _jsonb_literal(text):
+    """Write JSON ``text`` into the SQL as a constant, not a parameter.
+
+    A parameter lets the driver prepare the statement and PostgreSQL plan it
+    once for any filter (a generic plan), guessing that one matches 1% of
+    the sessions: it then reads the whole key index in order, 400 ms at
+    100,000 sessions, where the GIN index answers in 1 ms.  A constant is
+    planned for itself.  ``$`` and ``%`` occur only inside JSON strings,
+    where ``\u0024`` and ``\u0025`` mean the same, so the text can neither
+    end the dollar quotes nor look like a driver placeholder.
+    """
+    safe = text.replace("$", "\\u0024").replace("%", "\\u0025")
+    return f"$data${safe}$data$::jsonb"
 
 
 def _sqlite_checks(column, wanted, path):

@@ -149,3 +149,12 @@ def test_numbers_compare_by_value_whatever_their_text(api):
     session = api.create(data={"big": 1e300, "tiny": 5e-324, "int": 10})
     for text in ('{"big": 1e300}', '{"big": 1E+300}', '{"tiny": 5e-324}', '{"int": 1e1}'):
         assert [s["id"] for s in api.list(data=text)["sessions"]] == [session["id"]], text
+
+
+def test_dollars_percents_quotes_and_backslashes_in_a_filter_are_plain_text(api):
+    data = {"$data$": "50% off 'now'", "path": "C:\\new\\$x", "q": '"quoted"'}
+    session = api.create(data=data)
+    api.create(data={"$data$": "50% off"})
+    for key, value in data.items():
+        found = api.list(data=json.dumps({key: value}))["sessions"]
+        assert [s["id"] for s in found] == [session["id"]], key
