@@ -4,11 +4,12 @@ The sessions are found with the list's own filters (``models._filtered``),
 oldest first, up to ``limit``; then changed in batches of at most
 ``BATCH`` sessions, each batch one short transaction.  A batch locks its
 sessions that still match the filter and changes each exactly as its own
-PATCH or DELETE would (``_changes``, ``write_changes``, ``delete_row`` and
-the feed's records of ``models.py``), so each session is changed once, or
-skipped when the status table forbids its move by then.  Its changes are
-recorded in the feed last, so the feed's append lock is held for those
-inserts only.  Between batches the bulk change rests as long as the batch
+PATCH or DELETE would (``_changes``, ``write_changes``, ``delete_rows`` and
+the feed's records of ``models.py``, which the single writes use too), so
+each session is changed once, or skipped when the status table forbids its
+move by then.  A batch writes in one statement and records its changes in
+one round trip (``feed.record_many``), last, so the feed's append lock is
+held that long only.  Between batches the bulk change rests as long as the batch
 took times ``REST``, so that single requests keep most of the database.
 
 Only sessions the change applies to are found: for a status, those whose
