@@ -163,6 +163,11 @@ def test_sessions_keep_the_contract_through_their_life(app):
             super().before_call(case)
             valid_headers(case)
             own_key(case)
+            # A bulk delete would remove the session the links follow, which
+            # "resource just created is available" cannot know of: here bulk
+            # changes only say what they would do (test_api_bulk.py has the rest).
+            if case.operation.path == "/api/sessions/bulk" and isinstance(case.body, dict):
+                case.body["dry_run"] = True
 
         def validate_response(self, response, case, additional_checks=None, **kwargs):
             case.validate_response(
