@@ -6,7 +6,8 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run dev test fuzz lint migrate init-db bench bench-finding bench-feed bench-fleet bench-scoping prune clean
+.PHONY: run dev test fuzz lint migrate init-db bench bench-data bench-finding bench-feed bench-fleet \
+	bench-scoping prune clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +57,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.feed
 	$(BIN)/python -m benchmarks.fleet
 	$(BIN)/python -m benchmarks.scoping
+	$(BIN)/python -m benchmarks.data
 
 ## bench-fleet: creates through one and two instances over a 2 ms network (BENCH_DATABASE_URL)
 bench-fleet: $(VENV)/.installed
@@ -75,6 +77,10 @@ prune: $(VENV)/.installed
 ## bench-scoping: a token scoped to agents against an unscoped one (GET, list); BENCH_QUICK=1 too
 bench-scoping: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.scoping
+
+## bench-data: data filters at 100,000 sessions and a bulk change of 10,000 under writers; BENCH_QUICK=1 too
+bench-data: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.data
 
 ## bench-finding: writes before/after the finding indexes, counts at 100,000 sessions, prune under writers
 bench-finding: $(VENV)/.installed

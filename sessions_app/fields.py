@@ -5,6 +5,7 @@ import re
 
 from marshmallow import ValidationError, fields, validate
 
+from . import containment, jsonio
 from .timefmt import NOT_RFC3339, format_us, parse_rfc3339_us
 
 #: How deep ``data`` may nest; deeper documents are refused, not truncated.
@@ -170,3 +171,65 @@ def _parses(text):
     except ValueError:
         return False
     return True
+
+
+class DataFilterField(fields.Field):
+    """A ``data`` filter (contract section 10), loaded as a ``DataFilter`` (None for ``{}``).
+
+    From a query string it is JSON text; in a body (a bulk change's filter)
+    the object itself.  Either way: an object, nested at most
+    ``MAX_DEPTH`` levels, at most ``MAX_LENGTH`` characters as JSON, and
+    storable as ``data`` is.
+    """
+
+    default_error_messages = {
+        "long": f"Must be at most {containment.MAX_LENGTH} characters of JSON.",
+        "json": "{reason}",
+        "object": 'Must be a JSON object, such as {{"pr": 42}}.',
+        "deep": f"Nested more than {containment.MAX_DEPTH} levels deep.",
+        "bad": "{problem}",
+    }
+
+    def __init__(self, in_body=False, **kwargs):
+        super().__init__(**kwargs)
+        self.in_body = in_body
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and not self.in_body:
+            if len(value) > containment.MAX_LENGTH:
+                raise self.make_error("long")
+            try:
+                value = jsonio.parse_text(value, "The filter")
+            except jsonio.BodyError as exc:
+                raise self.make_error("json", reason=str(exc)) from None
+        if not isinstance(value, dict):
+            raise self.make_error("object")
+        if containment.depth(value) > containment.MAX_DEPTH:
+            raise self.make_error("deep")
+        problem = json_problem(value)
+        if problem:
+            raise self.make_error("bad", problem=problem)
+        found = containment.DataFilter(value)
+        if len(found.text) > containment.MAX_LENGTH:
+            raise self.make_error("long")
+        return found if value else None
+
+
+class JSONBoolean(fields.Boolean):
+    """A JSON ``true`` or ``false``, nothing else (no 1, no "yes")."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class JSONInteger(fields.Integer):
+    """A JSON integer (``5``, or ``5.0``, which JSON Schema counts as one); never text or a bool."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        if isinstance(value, float) and not value.is_integer():
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)

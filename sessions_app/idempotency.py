@@ -96,6 +96,45 @@ def once(key, body, act):
     return response
 
 
+def once_in_steps(key, body, act):
+    """Answer with ``act()`` once per ``key``, for a request that commits in several steps.
+
+    A bulk change (contract 11) commits batch by batch, so its answer cannot
+    share a transaction with its writes: the key is held for the whole
+    request (on PostgreSQL a session-level advisory lock on the request's
+    connection), the answer is stored when it succeeded (status below 300),
+    and a request that failed midway stores nothing: a retry carries on
+    with the sessions still to change.
+    """
+    if key is None:
+        return act()
+    scope, signed = auth.caller(), fingerprint(body)
+    with _held(scope, key), connected(), _held_in_session(scope, key):
+        with database.transaction():
+            stored = _claim(scope, key, now_us())
+        if stored is not None:
+            return _replay(stored, signed)
+        response = current_app.make_response(act())
+        if response.status_code < 300:
+            with database.transaction():
+                _store(scope, key, signed, response, now_us())
+    return response
+
+
+@contextmanager
+def _held_in_session(scope, key):
+    if not isinstance(database.obj, PostgresqlDatabase):
+        yield  # _held holds it
+        return
+    number = lock_id(scope, key)
+    if not database.execute_sql("SELECT pg_try_advisory_lock(%s)", (number,)).fetchone()[0]:
+        raise KeyInFlight()
+    try:
+        yield
+    finally:
+        database.execute_sql("SELECT pg_advisory_unlock(%s)", (number,))
+
+
 def lock_id(scope, key):
     """Return the 64-bit number naming a caller's key (its advisory lock, its locked byte)."""
     digest = hashlib.sha256(f"idempotency\0{scope}\0{key}".encode()).digest()

@@ -37,12 +37,17 @@ def parse_body(raw):
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BodyError("The body is not valid UTF-8.") from None
+    return parse_text(text, "The body")
+
+
+def parse_text(text, what="The text"):
+    """Parse a JSON document from text as ``parse_body`` does, naming ``what`` in errors."""
     try:
         return _decoder.decode(text)
     except RecursionError:
-        raise BodyError("The body is nested too deeply.") from None
+        raise BodyError(f"{what} is nested too deeply.") from None
     except ValueError as exc:
-        raise BodyError(f"The body is not valid JSON: {exc}.") from None
+        raise BodyError(f"{what} is not valid JSON: {exc}.") from None
 
 
 def dumps(obj):

@@ -24,13 +24,16 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     Model,
+    ModelIndex,
+    PostgresqlDatabase,
+    SchemaManager,
     TextField,
     Tuple,
     Value,
     fn,
 )
 
-from . import changes, feed, jsonio, metrics, scoping
+from . import changes, containment, feed, jsonio, metrics, scoping
 from .conditional import check_if_match
 from .db import connected, database
 from .errors import SessionNotFound, StatusConflict
@@ -58,9 +61,26 @@ class JSONTextField(TextField):
         return None if value is None else json.loads(value)
 
 
+# Every SQLite database the app binds gets the function data filters use.
+database.attach_callback(containment.install)
+
+
 class BaseModel(Model):
     class Meta:
         database = database
+
+
+class _SessionSchema(SchemaManager):
+    """The sessions table's indexes, and on PostgreSQL the one data filters use (0006)."""
+
+    def _create_indexes(self, safe=True):
+        made = super()._create_indexes(safe)
+        if isinstance(database.obj, PostgresqlDatabase):
+            gin = ModelIndex(
+                self.model, (containment.INDEXED,), safe=safe, using="gin", name=containment.INDEX
+            )
+            made.append(self._create_context().sql(gin))
+        return made
 
 
 class Session(BaseModel):
@@ -89,6 +109,7 @@ class Session(BaseModel):
 
     class Meta:
         table_name = "sessions"
+        schema_manager_class = _SessionSchema
         indexes = (
             (("agent_id", "status", "id"), False),
             (("agent_id", "id"), False),
@@ -160,6 +181,11 @@ class Session(BaseModel):
             # scans; in the other it would tempt the planner off the index
             # that gives the order.
             filters = _with_id_bounds(filters)
+        if filters.get("data") is not None and (not status or len(status) == 1):
+            # A data filter's SQL depends on its shape: generated per request.
+            status = status[0] if status else None
+            query = _session_page_query(sort, order, limit + 1, status=status, **filters)
+            return list(query.dicts())
         if not status or len(status) == 1:
             return _session_pages[sort, order].rows(
                 limit=limit + 1, status=status[0] if status else None, **filters
@@ -183,6 +209,13 @@ class Session(BaseModel):
         over the whole set took half as long again.
         """
         filters = _with_id_bounds(filters)
+        counts = dict.fromkeys(STATUSES, 0)
+        if filters.get("data") is not None:
+            # One pass over what the data filter (or an agent's range) finds,
+            # rather than one per status.
+            query = _filtered(cls.select(cls.status, fn.COUNT(SQL("*"))), status=status, **filters)
+            counts.update(query.group_by(cls.status).tuples())
+            return counts
         parts = [
             _filtered(cls.select(Value(s).alias("status"), fn.COUNT(SQL("*"))), status=s, **filters)
             for s in status or STATUSES
@@ -190,7 +223,6 @@ class Session(BaseModel):
         query = parts[0]
         for part in parts[1:]:
             query = query + part
-        counts = dict.fromkeys(STATUSES, 0)
         counts.update(query.tuples())
         return counts
 
@@ -206,24 +238,15 @@ class Session(BaseModel):
         value moves ``last_active`` and ``version``.
         """
         with database.atomic():
-            query = _by_id(cls.select(), session_id)
-            if database.for_update:
-                query = query.for_update()
-            row = query.dicts().first()
+            row = _locked(_by_id(cls.select(), session_id)).first()
             if row is None:
                 raise SessionNotFound(session_id)
             check_if_match(if_match, row["version"])
             changed = _changes(row, patch)
             if changed:
                 now = now_us()
-                if "status" in changed:
-                    changed["status_changed_at"] = now
-                update = cls.update({**changed, "last_active": now, "version": cls.version + 1})
-                query = update.where(cls.id == session_id).returning(cls.version)
-                version = list(query.tuples().execute())[0][0]
-                fields = [name for name in changes.UPDATABLE if name in changed]
-                row.update(changed, last_active=now, version=version)
-                feed.record(changes.SESSION_UPDATED, row, now, changed=fields)
+                fields = write_changes([row], changed, now)
+                record_updates([row], fields, now)
         if changed:
             logger.debug("Updated session %s: %s", session_id, ", ".join(fields))
         return row
@@ -245,14 +268,11 @@ class Session(BaseModel):
                 if version is None:
                     raise SessionNotFound(session_id)
                 check_if_match(if_match, version)
-            query = _by_id(cls.delete(), session_id).returning(*_TOMBSTONE_FIELDS)
-            deleted = list(query.dicts().execute())
+            deleted = delete_rows([session_id])
             if not deleted:
                 raise SessionNotFound(session_id)
-            last = deleted[0]
-            tombstone = {**last, "id": session_id}
-            feed.record(changes.SESSION_DELETED, tombstone, now_us(), reason=changes.DELETED)
-        logger.debug("Deleted session %s (%d messages)", session_id, last["message_count"])
+            record_tombstones(deleted, now_us())
+        logger.debug("Deleted session %s (%d messages)", session_id, deleted[0]["message_count"])
 
 
 _TOMBSTONE_FIELDS = (
@@ -262,6 +282,49 @@ _TOMBSTONE_FIELDS = (
     Session.version,
     Session.message_count,
 )
+
+
+def _locked(query):
+    """Return ``query``'s rows as dicts, locked for the transaction (where the database can)."""
+    return (query.for_update() if database.for_update else query).dicts()
+
+
+def write_changes(rows, changed, now):
+    """Store ``changed`` (found by ``_changes``) on the sessions ``rows``; return the fields' names.
+
+    As every change of a session: ``last_active`` moves to ``now``, the
+    version goes up by one, a new status stamps ``status_changed_at``; each
+    row is updated to match.  One statement for all the rows (a bulk
+    change's batch).  The caller records the changes (``record_updates``)
+    before its transaction ends.
+    """
+    if "status" in changed:
+        changed["status_changed_at"] = now
+    update = Session.update({**changed, "last_active": now, "version": Session.version + 1})
+    ids = [row["id"] for row in rows]
+    query = scoping.restrict(update.where(Session.id.in_(ids)), Session.agent_id)
+    query = query.returning(Session.id, Session.version)
+    versions = dict(query.tuples().execute())
+    for row in rows:
+        row.update(changed, last_active=now, version=versions[row["id"]])
+    return [name for name in changes.UPDATABLE if name in changed]
+
+
+def record_updates(rows, fields, now):
+    """Append the ``session.updated`` change of each of ``rows`` to the feed."""
+    feed.record_many(changes.SESSION_UPDATED, rows, now, changed=fields)
+
+
+def delete_rows(ids):
+    """Delete sessions and their messages; return the tombstones' fields of those there were."""
+    query = scoping.restrict(Session.delete().where(Session.id.in_(ids)), Session.agent_id)
+    query = query.returning(Session.id, *_TOMBSTONE_FIELDS)
+    return list(query.dicts().execute())
+
+
+def record_tombstones(tombstones, now):
+    """Append deleted sessions' tombstones (reason ``deleted``) to the feed."""
+    feed.record_many(changes.SESSION_DELETED, tombstones, now, reason=changes.DELETED)
 
 
 def _changes(row, patch):
@@ -388,9 +451,12 @@ def _filtered(
     active_before=None,
     first_id=None,
     last_id=None,
+    data=None,
 ):
     """Add the list filters that are given to ``query``.
 
+    ``status`` is one status or a tuple of them; ``data`` a
+    ``containment.DataFilter``.
     ``first_id``/``last_id``
     bound the ids to the ``created_at`` window (ids are time-ordered), so a
     window on the creation time is a range of an index ending in ``id``;
@@ -403,8 +469,12 @@ def _filtered(
         (Session.task_id, task_id),
         (Session.status, status),
     ):
-        if value is not None:
+        if isinstance(value, tuple):
+            query = query.where(field.in_(value))
+        elif value is not None:
             query = query.where(field == value)
+    if data is not None:
+        query = query.where(containment.condition(Session.data, data, database.obj))
     for condition, value in (
         (Session.created_at > created_after, created_after),
         (Session.created_at <= created_before, created_before),

@@ -15,12 +15,15 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, current_app
 from flask_swagger_ui import get_swaggerui_blueprint
 from marshmallow import fields as ma_fields
+from marshmallow import validate
 
-from . import auth, conditional, idempotency, jsonio, schemas
+from . import auth, conditional, containment, idempotency, jsonio, schemas
 from .fields import (
     MAX_JSON_DEPTH,
     CommaList,
+    DataFilterField,
     FeedCursor,
+    JSONBoolean,
     JSONObject,
     NotBlank,
     QueryTimestamp,
@@ -148,6 +151,21 @@ OPERATIONS = {
         headers=("IdempotencyKey",),
         tagged=True,
     ),
+    ("POST", "/api/sessions/bulk"): Operation(
+        "bulk_change",
+        "Change many sessions at once: set a status or delete, by filter",
+        "Applies to at most `limit` sessions matching `filter` (the list's filters; "
+        '`{"all": true}` for every session), oldest first, each changed exactly as its '
+        "own PATCH or DELETE would be, in batches of at most 100 sessions. For a status, "
+        "only sessions that may move to it are matched; one whose move the status table "
+        "forbids by the time it is changed is skipped (`skipped.conflict`). `dry_run` "
+        "changes nothing and adds `by_status`. Repeat the request until `remaining` is 0.",
+        200,
+        schemas.BulkResultSchema,
+        body=schemas.BulkChangeSchema,
+        errors=(400, 409, 413, 415, 422, 503),
+        headers=("IdempotencyKey",),
+    ),
     ("GET", "/api/sessions/{session_id}"): Operation(
         "get_session",
         "Get a session",
@@ -260,6 +278,7 @@ OUT_SCHEMAS = {
     "Session": schemas.SessionSchema,
     "SessionList": schemas.SessionListSchema,
     "SessionCount": schemas.SessionCountSchema,
+    "BulkResult": schemas.BulkResultSchema,
     "MessageReceipt": schemas.MessageReceiptSchema,
     "Message": schemas.MessageSchema,
     "MessageList": schemas.MessageListSchema,
@@ -408,6 +427,14 @@ def _custom_field_properties(self, field, **kwargs):
                 f"most {MAX_JSON_DEPTH} levels."
             ),
         }
+    if isinstance(field, DataFilterField):
+        if field.in_body:
+            return dict(_DATA_OBJECT)
+        return {"type": "string", "maxLength": containment.MAX_LENGTH}
+    if isinstance(field, JSONBoolean) and any(
+        isinstance(v, validate.Equal) for v in field.validators
+    ):
+        return {"const": True}
     if isinstance(field, ma_fields.Constant):
         return {"const": field.constant}
     return {}
@@ -437,7 +464,31 @@ def build_document(app):
     for path, operations in paths.items():
         parameters = ["SessionId"] if "{session_id}" in path else []
         spec.path(path, operations=operations, parameters=parameters)
-    return spec.to_dict()
+    return _what_fields_cannot_say(spec.to_dict())
+
+
+_DATA_OBJECT = {
+    "type": "object",
+    "propertyNames": {"pattern": NO_NUL},
+    "additionalProperties": {"$ref": "#/components/schemas/JSONValue"},
+}
+
+
+def _what_fields_cannot_say(document):
+    """Add what the schemas' fields cannot state: a JSON query value, one of two members."""
+    for methods in document["paths"].values():
+        for method, operation in methods.items():
+            if method == "parameters":
+                continue
+            for parameter in operation.get("parameters", ()):
+                if parameter.get("in") == "query" and parameter.get("name") == "data":
+                    # A JSON object sent as a query value (URL-encoded).
+                    del parameter["schema"]
+                    parameter["content"] = {"application/json": {"schema": _DATA_OBJECT}}
+    components = document["components"]["schemas"]
+    components["BulkChange"]["oneOf"] = [{"required": ["set"]}, {"required": ["delete"]}]
+    components["BulkFilter"]["minProperties"] = 1
+    return document
 
 
 def routes_of(url_map):

@@ -10,13 +10,17 @@ from marshmallow import (
     fields,
     post_load,
     validate,
+    validates_schema,
 )
 
 from . import changes, states
 from .dumping import dumper
 from .fields import (
     CommaList,
+    DataFilterField,
     FeedCursor,
+    JSONBoolean,
+    JSONInteger,
     JSONObject,
     NotBlank,
     QueryInt,
@@ -29,6 +33,8 @@ from .paging import ORDERS, SORTS, CursorError, session_position
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
+BULK_MAX_LIMIT = 10_000
+BULK_DEFAULT_LIMIT = 1000
 _limit = {"load_default": DEFAULT_LIMIT, "validate": validate.Range(1, MAX_LIMIT)}
 _name = {"validate": validate.Length(1, 255)}
 _not_issued = "Not a cursor this service issued."
@@ -92,6 +98,12 @@ class SessionFilterQuerySchema(Schema):
     active_before = QueryTimestamp(
         **_about("Only sessions whose last_active is at or before this instant.")
     )
+    data = DataFilterField(
+        **_about(
+            "Only sessions whose data contains this JSON object (URL-encoded), as jsonb @> "
+            'defines it: {"pr": 42}, {"labels": ["urgent"]}.'
+        )
+    )
 
 
 class SessionListQuerySchema(SessionFilterQuerySchema):
@@ -119,6 +131,85 @@ class SessionListQuerySchema(SessionFilterQuerySchema):
                 raise ValidationError(str(exc), field_name="cursor") from None
             query.update(cursor_at=at, cursor_id=session_id)
         return query
+
+
+class StatusChoice(fields.Field):
+    """One status, or a list of them (a bulk change's filter), loaded as a tuple."""
+
+    default_error_messages = {
+        "invalid": f"Must be one of {', '.join(states.STATUSES)}, or a non-empty list of them."
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise self.make_error("invalid")
+        if any(not isinstance(item, str) or item not in states.STATUSES for item in items):
+            raise self.make_error("invalid")
+        return tuple(dict.fromkeys(items))
+
+
+class BulkFilterSchema(SessionFilterQuerySchema):
+    """Which sessions a bulk change applies to: the list's filters, as JSON."""
+
+    status = StatusChoice(
+        metadata={
+            "description": "Only sessions in this status, or in any of a list of them.",
+            "oneOf": [
+                {"type": "string", "enum": list(states.STATUSES)},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "enum": list(states.STATUSES)},
+                    "minItems": 1,
+                },
+            ],
+        }
+    )
+    data = DataFilterField(
+        in_body=True,
+        **_about('Only sessions whose data contains this object (jsonb @>): {"pr": 42}.'),
+    )
+    all = JSONBoolean(
+        validate=validate.Equal(True, error="Must be true (or leave it out)."),
+        **_about("true: every session (an empty filter is refused)."),
+    )
+
+
+class BulkSetSchema(Schema):
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(states.STATUSES),
+        **_about("The status to move each session to, as its PATCH would."),
+    )
+
+
+class BulkChangeSchema(Schema):
+    filter = fields.Nested(
+        BulkFilterSchema, required=True, **_about('The sessions to change; {"all": true} for all.')
+    )
+    set = fields.Nested(BulkSetSchema, **_about("Set this status (or give delete)."))
+    delete = JSONBoolean(
+        validate=validate.Equal(True, error="Must be true (or leave it out)."),
+        **_about("true: delete the sessions and their messages (or give set)."),
+    )
+    dry_run = JSONBoolean(
+        load_default=False, **_about("true: change nothing, answer what would happen.")
+    )
+    limit = JSONInteger(
+        load_default=BULK_DEFAULT_LIMIT,
+        validate=validate.Range(1, BULK_MAX_LIMIT),
+        **_about("Change at most this many sessions, oldest first; repeat until remaining is 0."),
+    )
+
+    @validates_schema
+    def _one_change(self, body, **_kwargs):
+        if ("set" in body) == ("delete" in body):
+            raise ValidationError("Give exactly one of set and delete.", field_name="set")
+        if not body["filter"]:
+            raise ValidationError(
+                'Give at least one filter, or {"all": true} for every session.',
+                field_name="filter",
+            )
 
 
 class MessageCreateSchema(Schema):
@@ -246,6 +337,24 @@ class MessageListSchema(Schema):
     next_cursor = fields.String(allow_none=True)
 
 
+class BulkSkippedSchema(Schema):
+    conflict = fields.Integer(
+        metadata={"description": "Sessions whose move the status table forbade by then."}
+    )
+
+
+class BulkResultSchema(Schema):
+    matched = fields.Integer(metadata={"description": "Sessions looked at (at most limit)."})
+    changed = fields.Integer()
+    skipped = fields.Nested(BulkSkippedSchema)
+    remaining = fields.Integer(metadata={"description": "Sessions that still match after it."})
+    dry_run = fields.Boolean()
+    by_status = fields.Nested(
+        StatusCountsSchema,
+        metadata={"only_in": "dry run", "description": "The matched sessions by status."},
+    )
+
+
 class ChangeSchema(Schema):
     seq = fields.Integer()
     type = fields.String(validate=validate.OneOf(changes.TYPES))
@@ -308,6 +417,7 @@ message_create_schema = MessageCreateSchema()
 message_list_query_schema = MessageListQuerySchema()
 change_list_query_schema = ChangeListQuerySchema()
 no_query_schema = NoQuerySchema()
+bulk_change_schema = BulkChangeSchema()
 
 session_schema = SessionSchema()
 session_list_schema = SessionListSchema()
@@ -321,5 +431,6 @@ dump_session_list = dumper(session_list_schema)
 dump_session_count = dumper(session_count_schema)
 dump_message_receipt = dumper(message_receipt_schema)
 dump_message_list = dumper(message_list_schema)
+dump_bulk_result = dumper(BulkResultSchema())
 dump_change = dumper(ChangeSchema())
 dump_change_list = dumper(ChangeListSchema())

@@ -5,7 +5,7 @@ from functools import partial
 from flask import Blueprint, current_app, url_for
 from werkzeug.routing import BaseConverter
 
-from . import changes, feed, idempotency, sse
+from . import bulk, changes, feed, idempotency, sse
 from .conditional import (
     ETAG,
     IF_MATCH,
@@ -19,7 +19,9 @@ from .models import Message, Session
 from .paging import cut_page, session_cursor
 from .parsing import load_json, load_query, read_json
 from .schemas import (
+    bulk_change_schema,
     change_list_query_schema,
+    dump_bulk_result,
     dump_change,
     dump_change_list,
     dump_message_list,
@@ -72,6 +74,26 @@ def create_session():
     body = read_json()
     fields = session_create_schema.load(body)
     return idempotency.once(key, body, lambda: _created(Session.open(**fields)))
+
+
+@bp.post("/sessions/bulk")
+def bulk_change():
+    load_query(no_query_schema)
+    key = idempotency.load_key()
+    body = read_json()
+    change = bulk_change_schema.load(body)
+    return idempotency.once_in_steps(key, body, lambda: _bulk(change))
+
+
+def _bulk(change):
+    result = bulk.apply(
+        {name: value for name, value in change["filter"].items() if name != "all"},
+        status=change.get("set", {}).get("status"),
+        delete=change.get("delete", False),
+        dry_run=change["dry_run"],
+        limit=change["limit"],
+    )
+    return dump_bulk_result(result), 200
 
 
 def _created(session):

@@ -379,3 +379,36 @@ def test_without_the_client_extra_the_import_says_what_to_install():
     assert last_line == (
         "ModuleNotFoundError: sessions_app.client needs httpx: pip install 'sessions_app[client]'"
     )
+
+
+def test_list_and_count_by_data(sessions, client):
+    agent = new_agent()
+    wanted = client.create(agent, data={"pr": 42, "repo": "api"})
+    client.create(agent, data={"pr": 7})
+    listed = json_of(sessions("list", "--agent", agent, "--data", '{"pr": 42}', "--json"))
+    assert [s["id"] for s in listed] == [wanted.id]
+    counted = json_of(sessions("count", "--data", '{"pr": 42, "repo": "api"}', "--json"))
+    assert counted["count"] >= 1
+    result = sessions("list", "--data", "[42]", expect=2)
+    assert "must be a JSON object" in result.stderr
+
+
+def test_bulk_dry_run_then_change_then_delete(sessions, client):
+    agent = new_agent()
+    made = [client.create(agent) for _ in range(3)]
+    client.update(made[0].id, status="completed")
+    args = ("bulk", "--agent", agent, "--active-before", "0s", "--status", "failed")
+    dry = sessions(*args, "--dry-run").stdout.splitlines()
+    assert dry[0] == "Would change 2 sessions (moved to failed); 0 more."
+    assert ["created", "2"] in [line.split() for line in dry]
+    assert sessions(*args, "--limit", "1").stdout == (
+        "2 of 2 sessions moved to failed, 0 skipped (their status forbade it); 0 remain.\n"
+    )
+    assert [client.get(s.id).status for s in made] == ["completed", "failed", "failed"]
+    only = ("bulk", "--agent", agent, "--in-status", "failed", "--delete", "--json", "--once")
+    deleted = json_of(sessions(*only))
+    assert (deleted["matched"], deleted["changed"], deleted["remaining"]) == (2, 2, 0)
+    sessions("bulk", "--agent", agent, "--delete")
+    assert client.count(agent_id=agent).count == 0
+    refused = sessions("bulk", "--delete", expect=2)
+    assert "give a filter, or --all" in refused.stderr

@@ -589,3 +589,22 @@ def test_watch_as_a_stream_resumes_from_the_last_event(proxy):
     assert [s.headers.get("last-event-id") for s in seen] == [None, None, "11", "12"]
     assert [s.headers["accept"] for s in seen[1:]] == ["text/event-stream"] * 3
     assert seen[1].path.endswith("cursor=9")
+
+
+@pytest.mark.server
+def test_sessions_and_count_by_data_and_bulk_changes(client):
+    agent = new_agent()
+    made = [client.create(agent, data={"pr": n % 2, "labels": ["x"]}) for n in range(4)]
+    found = [s.id for s in client.sessions(agent_id=agent, data={"pr": 1})]
+    assert found == [made[3].id, made[1].id]
+    assert client.count(agent_id=agent, data={"labels": ["x"]}).count == 4
+    dry = client.bulk(agent_id=agent, data={"pr": 0}, set_status="paused", dry_run=True)
+    assert (dry.matched, dry.changed, dry.dry_run, dry.by_status["created"]) == (2, 0, True, 2)
+    done = client.bulk(agent_id=agent, set_status="paused", limit=3, idempotency_key="bulk-k1")
+    again = client.bulk(agent_id=agent, set_status="paused", limit=3, idempotency_key="bulk-k1")
+    assert (done.changed, done.remaining) == (3, 1) and again == done
+    assert client.bulk(agent_id=agent, status=["created"], set_status="failed").changed == 1
+    gone = client.bulk(agent_id=agent, delete=True)
+    assert (gone.matched, gone.changed, gone.conflicts, gone.remaining) == (4, 4, 0, 0)
+    with pytest.raises(TypeError):
+        client.bulk(agent_id=agent, set_status="failed", delete=True)

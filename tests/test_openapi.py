@@ -83,11 +83,23 @@ def test_errors_carry_their_headers_and_422_names_fields(document):
 
 def test_query_parameters_carry_bounds_and_choices(document):
     params = {
-        p["name"]: p["schema"] for p in document["paths"]["/api/sessions"]["get"]["parameters"]
+        p["name"]: p.get("schema") or p["content"]["application/json"]["schema"]
+        for p in document["paths"]["/api/sessions"]["get"]["parameters"]
     }
     assert params["limit"] == {"type": "integer", "default": 100, "minimum": 1, "maximum": 1000}
     assert re.fullmatch(params["status"]["pattern"], "active,paused")
     assert not re.fullmatch(params["status"]["pattern"], "Active")
+    assert params["data"]["type"] == "object"
+
+
+def test_a_bulk_change_names_one_change_and_a_filter(document):
+    bulk = document["components"]["schemas"]["BulkChange"]
+    assert bulk["oneOf"] == [{"required": ["set"]}, {"required": ["delete"]}]
+    assert bulk["required"] == ["filter"]
+    assert document["components"]["schemas"]["BulkFilter"]["minProperties"] == 1
+    assert bulk["properties"]["limit"]["maximum"] == 10_000
+    result = document["components"]["schemas"]["BulkResult"]
+    assert "by_status" not in result["required"]
 
 
 def test_create_links_to_the_session_operations(document):
@@ -150,6 +162,7 @@ def test_the_document_names_each_operation_of_the_service(document):
         ("get", "/api/sessions"): "list_sessions",
         ("post", "/api/sessions"): "create_session",
         ("get", "/api/sessions/count"): "count_sessions",
+        ("post", "/api/sessions/bulk"): "bulk_change",
         ("get", "/api/sessions/{session_id}"): "get_session",
         ("patch", "/api/sessions/{session_id}"): "update_session",
         ("delete", "/api/sessions/{session_id}"): "delete_session",

@@ -323,6 +323,7 @@ SESSIONLESS = {
     ("sessions.count_sessions", "GET"): 200,
     ("sessions.create_session", "POST"): 403,
     ("sessions.list_changes", "GET"): 200,
+    ("sessions.bulk_change", "POST"): 200,
     ("metrics.scrape", "GET"): 200,
     ("health.health", "GET"): 200,
     ("openapi.openapi_document", "GET"): 200,
@@ -334,6 +335,8 @@ BODIES = {
     "PATCH": {"prompt": "x"},
     "POST": {"content": "x"},
     "sessions.create_session": {"agent_id": "beta-1"},
+    # Aimed at beta's sessions: a scoped token matches none of them.
+    "sessions.bulk_change": {"filter": {"agent_id": "beta-1"}, "set": {"status": "failed"}},
 }
 
 
@@ -366,6 +369,29 @@ def test_every_route_hides_another_agents_session(scoped_app, world):
             checked.add((rule.endpoint, method))
     assert checked == set(SESSIONLESS)
     assert admin.get(f"/api/sessions/{world['beta']}").get_json() == before
+
+
+def test_a_bulk_change_reaches_only_the_tokens_agents(scoped_app, world):
+    alpha, admin = As(scoped_app, ALPHA), As(scoped_app, ADMIN)
+    everything = {"filter": {"all": True}, "set": {"status": "failed"}}
+    dry = alpha.post("/api/sessions/bulk", json={**everything, "dry_run": True}).get_json()
+    assert dry["matched"] == 2 and dry["remaining"] == 0
+    done = alpha.post("/api/sessions/bulk", json=everything).get_json()
+    assert (done["matched"], done["changed"]) == (2, 2)
+    statuses = {
+        name: admin.get(f"/api/sessions/{world[name]}").get_json()["status"]
+        for name in ("alpha", "solo", "beta", "lookalike", "bare")
+    }
+    assert statuses == {
+        "alpha": "failed",
+        "solo": "failed",
+        "beta": "active",
+        "lookalike": "created",
+        "bare": "created",
+    }
+    deleted = alpha.post("/api/sessions/bulk", json={"filter": {"all": True}, "delete": True})
+    assert deleted.get_json()["changed"] == 2
+    assert admin.get(f"/api/sessions/{world['beta']}").status_code == 200
 
 
 # -- idempotency keys, the log, metrics ---------------------------------------------------

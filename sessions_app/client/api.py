@@ -1,5 +1,6 @@
 """``SessionsClient``: every endpoint of the Session API, over one pooled httpx client."""
 
+import json
 import os
 import uuid
 from importlib.metadata import PackageNotFoundError, version
@@ -9,7 +10,7 @@ import httpx
 
 from . import errors, retries
 from .errors import ConnectionFailed, NotFoundError
-from .models import Change, Count, Message, Page, Receipt, Session, format_timestamp
+from .models import Bulk, Change, Count, Message, Page, Receipt, Session, format_timestamp
 from .paging import Pager
 from .stream import follow
 
@@ -33,6 +34,7 @@ _LIST_FILTERS = (
     "created_before",
     "active_after",
     "active_before",
+    "data",
 )
 _CHANGE_FILTERS = ("session_id", "agent_id", "task_id", "type")
 
@@ -71,6 +73,8 @@ def _query(filters, names):
             continue
         if name.endswith(("_after", "_before")):
             value = format_timestamp(value)
+        elif name == "data" and not isinstance(value, str):
+            value = json.dumps(value, separators=(",", ":"))
         elif not isinstance(value, str) and name in ("status", "type"):
             value = ",".join(value)
         params[name] = value
@@ -241,7 +245,8 @@ class SessionsClient:
 
         Filters: ``agent_id``, ``task_id``, ``status`` (one, or a list),
         ``created_after``, ``created_before``, ``active_after``,
-        ``active_before`` (aware datetimes or RFC 3339 text).  ``limit`` is
+        ``active_before`` (aware datetimes or RFC 3339 text), ``data`` (a
+        dict the sessions' data must contain, as jsonb ``@>``: ``{"pr": 42}``).  ``limit`` is
         the page size; iterate for every session, or take ``.page()``.
         """
         params = _query(filters, _LIST_FILTERS)
@@ -261,6 +266,35 @@ class SessionsClient:
     def count(self, **filters):
         """Count the sessions matching ``filters`` (those of ``sessions()``), also by status."""
         return Count.from_json(self._get("/api/sessions/count", _query(filters, _LIST_FILTERS)))
+
+    def bulk(
+        self, *, set_status=None, delete=False, dry_run=False, limit=None, idempotency_key=None,
+        **filters,
+    ):  # fmt: skip
+        """Move to ``set_status``, or ``delete``, the sessions matching ``filters``: a ``Bulk``.
+
+        The filters of ``sessions()`` (``status`` among them: which sessions,
+        not what they become); ``all=True`` for every session (no
+        filter at all is refused).  Up to ``limit`` sessions (1,000 by
+        default), oldest first; repeat until ``.remaining`` is 0.  Safe to
+        retry: each call carries an ``Idempotency-Key``.
+        """
+        if (set_status is None) == (not delete):
+            raise TypeError("give exactly one of set_status= and delete=True")
+        every = filters.pop("all", False)
+        query = _query(filters, _LIST_FILTERS)
+        body_filter = {**query, "data": filters["data"]} if "data" in query else dict(query)
+        if "status" in body_filter:
+            wanted = filters["status"]
+            body_filter["status"] = wanted if isinstance(wanted, str) else list(wanted)
+        if every:
+            body_filter["all"] = True
+        body = {"filter": body_filter, "dry_run": dry_run}
+        body.update({"set": {"status": set_status}} if set_status else {"delete": True})
+        if limit is not None:
+            body["limit"] = limit
+        response = self._post("/api/sessions/bulk", body, idempotency_key)
+        return Bulk.from_json(response.json())
 
     # -- messages -----------------------------------------------------------
 

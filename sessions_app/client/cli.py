@@ -10,7 +10,7 @@ import json
 import re
 import sys
 from datetime import UTC, datetime, timedelta
-from functools import wraps
+from functools import partial, wraps
 
 import click
 import stamina.instrumentation
@@ -75,13 +75,14 @@ def json_option(command):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON, not a table.")(command)
 
 
-def list_filters(command):
-    """The filters of ``list`` and ``count``."""
+def list_filters(command, status_flag="--status"):
+    """The filters of ``list`` and ``count`` (``bulk`` names the status filter ``--in-status``)."""
     options = [
         click.option("--agent", "agent_id", help="Only this agent's sessions."),
         click.option("--task", "task_id", help="Only sessions of this task."),
         click.option(
-            "--status",
+            status_flag,
+            "status",
             multiple=True,
             type=click.Choice(STATUSES),
             help="Only sessions in this status (repeat for several).",
@@ -94,6 +95,18 @@ def list_filters(command):
             "active_before",
             type=Moment(),
             help="Last active at or before TIME (quiet since then).",
+        ),
+        click.option(
+            "--active-before",
+            "active_before",
+            type=Moment(),
+            hidden=True,
+            help="The same as --idle-since.",
+        ),
+        click.option(
+            "--data",
+            type=JsonObject(),
+            help="Only sessions whose data contains this JSON object: '{\"pr\": 42}'.",
         ),
     ]
     for option in reversed(options):
@@ -424,6 +437,55 @@ def count(ctx, as_json, **filters):
         echo_json(counted.raw)
         return
     echo_table(["STATUS", "SESSIONS"], [*counted.by_status.items(), ("total", counted.count)])
+
+
+@main.command()
+@partial(list_filters, status_flag="--in-status")
+@click.option("--all", "every", is_flag=True, help="Every session (needed without a filter).")
+@click.option("--status", "to", type=click.Choice(STATUSES), help="Move them to this status.")
+@click.option("--delete", "delete", is_flag=True, help="Delete them (and their messages).")
+@click.option("--dry-run", is_flag=True, help="Change nothing: say what would happen.")
+@click.option(
+    "--limit", type=click.IntRange(1, 10_000), help="At most this many per request (1,000)."
+)
+@click.option("--once", is_flag=True, help="One request only, even if more remain.")
+@json_option
+@click.pass_context
+@reports_errors
+def bulk(ctx, every, to, delete, dry_run, limit, once, as_json, **filters):
+    """Set a status on, or delete, every session matching the filters, oldest first.
+
+    Repeats the request until none remain (one request with --dry-run or --once).
+    """
+    status = to
+    if (status is None) == (not delete):
+        raise click.UsageError("give exactly one of --status STATUS and --delete")
+    given = _filters(filters)
+    if not given and not every:
+        raise click.UsageError("give a filter, or --all for every session")
+    if every:
+        given["all"] = True
+    client = client_of(ctx)
+    totals = {"matched": 0, "changed": 0, "conflicts": 0}
+    while True:
+        done = client.bulk(set_status=status, delete=delete, dry_run=dry_run, limit=limit, **given)
+        if as_json:
+            echo_json_line(done.raw)
+        for name in totals:
+            totals[name] += getattr(done, name)
+        if dry_run or once or done.remaining == 0 or done.matched == 0:
+            break
+    if as_json:
+        return
+    what = "deleted" if delete else f"moved to {status}"
+    if dry_run:
+        click.echo(f"Would change {done.matched:,} sessions ({what}); {done.remaining:,} more.")
+        echo_table(["STATUS", "SESSIONS"], list(done.by_status.items()))
+        return
+    click.echo(
+        f"{totals['changed']:,} of {totals['matched']:,} sessions {what}, "
+        f"{totals['conflicts']:,} skipped (their status forbade it); {done.remaining:,} remain."
+    )
 
 
 @main.command()

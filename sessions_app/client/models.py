@@ -174,6 +174,31 @@ class Count:
 
 
 @dataclass(frozen=True)
+class Bulk:
+    """What a bulk change did (or, on a dry run, would do)."""
+
+    matched: int
+    changed: int
+    conflicts: int
+    remaining: int
+    dry_run: bool
+    by_status: dict[str, int] | None = None
+    raw: dict[str, Any] = _raw
+
+    @classmethod
+    def from_json(cls, doc):
+        return cls(
+            matched=doc["matched"],
+            changed=doc["changed"],
+            conflicts=doc["skipped"]["conflict"],
+            remaining=doc["remaining"],
+            dry_run=doc["dry_run"],
+            by_status=doc.get("by_status"),
+            raw=doc,
+        )
+
+
+@dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a list: its items and the cursor of the next (None after the last)."""
 

@@ -92,6 +92,12 @@ def upgrade():
         _check_not_newer(runner, migrations)
         _adopt_release_database(runner, migrations)
         applied = runner.up()
+    if applied and isinstance(database.obj, PostgresqlDatabase):
+        # Statistics of what the migrations made (an expression index's
+        # above all), now rather than at autovacuum's next visit; outside
+        # the upgrade's transaction, which would leave a new index's empty.
+        with connected():
+            database.execute_sql("ANALYZE")
     for name in applied:
         logger.info("Applied migration %s", name)
     logger.info("Database schema up to date: %s", describe(database.obj))
