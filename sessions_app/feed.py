@@ -99,10 +99,9 @@ class SeqField(BigAutoField):
         return NodeList((node, SQL("AUTOINCREMENT")))
 
 
-class Change(Model):
-    """One committed write, as the feed tells it; tombstones outlive their session."""
+class _ChangeColumns(Model):
+    """What a change says, in the feed and in the queue (``QueuedChange``)."""
 
-    seq = SeqField()
     type = CharField(max_length=24)
     session_id = CharField(max_length=40)
     agent_id = CharField(max_length=255)
@@ -117,6 +116,15 @@ class Change(Model):
 
     class Meta:
         database = database
+
+
+class Change(_ChangeColumns):
+    """One committed write, as the feed tells it; tombstones outlive their session."""
+
+    id = None  # its key is the seq
+    seq = SeqField()
+
+    class Meta:
         table_name = "changes"
         indexes = (
             (("session_id", "seq"), False),
@@ -138,24 +146,12 @@ class FeedMark(Model):
         table_name = "feed_marks"
 
 
-class QueuedChange(Model):
+class QueuedChange(_ChangeColumns):
     """PostgreSQL: a committed write's change, waiting for a publishing pass to give it its seq."""
 
     id = BigAutoField()
-    type = CharField(max_length=24)
-    session_id = CharField(max_length=40)
-    agent_id = CharField(max_length=255)
-    task_id = CharField(max_length=255, null=True)
-    status = CharField(max_length=16)
-    version = IntegerField()
-    at = BigIntegerField()
-    message_id = CharField(max_length=40, null=True)
-    role = CharField(max_length=16, null=True)
-    changed = CharField(max_length=64, null=True)
-    reason = CharField(max_length=16, null=True)
 
     class Meta:
-        database = database
         table_name = "change_queue"
 
 
