@@ -19,10 +19,12 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 
 import orjson
 from flask import Flask, request
+
+# The service's own ids (a pure helper), so the service lists these sessions too.
+from sessions_app.ids import new_message_id, new_session_id
 
 app = Flask(__name__)
 URL = os.environ.get("DATABASE_URL", "sqlite:///var/sessions.sqlite3")
@@ -96,7 +98,7 @@ def create_session():
     body = orjson.loads(request.get_data())
     now = _now_us()
     session = {
-        "id": f"session-{uuid.uuid4().hex}",
+        "id": new_session_id(now),
         "agent_id": body["agent_id"],
         "task_id": body.get("task_id"),
         "status": "created",
@@ -142,7 +144,7 @@ def send_message(session_id):
     body = orjson.loads(request.get_data())
     role = body.get("role", "user")
     now = _now_us()
-    message_id = f"msg-{uuid.uuid4().hex}"
+    message_id = new_message_id(now)
     conn = connection()
     with _transaction(conn):
         cursor = conn.cursor()
