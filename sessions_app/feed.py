@@ -354,7 +354,7 @@ def read(cursor=None, limit=100, wait=0, gone=None, **filters):
         found, through = page(position(cursor), limit, **filters)
     if found or not wait:
         return found, through
-    with _waiting(POLL, filters) as waiter:
+    with _Waiter(POLL, filters) as waiter:
         for found, reached in waiter.follow(through, time.monotonic() + wait, gone, limit):
             through = reached
             if found:
@@ -377,7 +377,7 @@ def wait_for_session(session_id, read_page, wait, gone=None):
         return rows
     kinds = (changes.MESSAGE_CREATED, changes.SESSION_DELETED)
     filters = {"session_id": session_id, "types": kinds}
-    with _waiting(POLL, filters) as waiter:
+    with _Waiter(POLL, filters) as waiter:
         for found, _through in waiter.follow(start, time.monotonic() + wait, gone):
             if any(c["type"] == changes.SESSION_DELETED for c in found):
                 raise SessionNotFound(session_id)
@@ -436,7 +436,10 @@ def _never():
 
 
 class _Waiter:
-    """A waiting slot at this process's hub, and the one loop that follows the feed with it."""
+    """A waiting slot at this process's hub, and the one loop that follows the feed with it.
+
+    ``with _Waiter(kind, filters) as waiter`` gives the slot back at the end.
+    """
 
     def __init__(self, kind, filters):
         config = current_app.config
@@ -497,18 +500,11 @@ class _Waiter:
         """Give the slot back."""
         self.subscription.close()
 
-
-class _waiting:
-    """``with _waiting(kind, filters) as waiter``: a ``_Waiter``, its slot given back at the end."""
-
-    def __init__(self, kind, filters):
-        self.waiter = _Waiter(kind, filters)
-
     def __enter__(self):
-        return self.waiter
+        return self
 
     def __exit__(self, *exc):
-        self.waiter.close()
+        self.close()
 
 
 def _hub():
