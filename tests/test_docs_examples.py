@@ -1,0 +1,273 @@
+"""The API guide's examples (``docs/api.rst``) are run, in order, against a real server.
+
+Every ``.. code-block:: console`` of the page is a list of commands (``$``,
+continued on lines that start with ``>``), each followed by the output it
+showed.  The test starts Gunicorn on a fresh database, runs each command with
+bash (the page's base URL swapped for the server's), and compares its output
+with the shown one, line by line, with this normalisation only:
+
+- ``\\r`` and trailing spaces are dropped, and blank lines at the end;
+- values the server makes anew on every run (session and message ids,
+  session-list cursors, request ids, timestamps) are learned the first time an
+  output shows them: a later command or output that shows the same value must
+  hold the same value of this run, and two shown values may not be one;
+- an HTTP ``Date`` is matched by its shape.
+
+So a wrong status, header or body field fails, and so does an example whose
+output depends on a step the page does not show.
+
+To rewrite the shown outputs from a fresh run (after a deliberate change of
+behaviour; review the diff)::
+
+    .venv/bin/python tests/test_docs_examples.py --write
+
+While writing a new example, a command may name a value of this run by
+order of first appearance, as ``{session:2}`` (the second session id any
+output showed), ``{msg:1}``, ``{cursor:1}`` or ``{time:3}``; ``--write``
+puts the real value in its place.
+"""
+
+import difflib
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from databases import BACKENDS, new_database  # noqa: E402
+from servers import serving  # noqa: E402
+
+pytestmark = pytest.mark.server
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "api.rst"
+SHOWN_BASE = "http://127.0.0.1:8000"
+# Heartbeats every 2 s, so that a short stream example shows one.
+SERVER_ENV = {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4", "STREAM_HEARTBEAT_SECONDS": "2"}
+COMMAND_TIMEOUT = 60
+
+# Values made anew by every run, learned from the first output that shows them.
+LEARNED = {
+    "session": r"session-[0-9a-z]{28}",
+    "msg": r"msg-[0-9a-z]{28}",
+    "cursor": r"[A-Za-z0-9_-]{40,}",
+    "request_id": r"[0-9a-f]{32}",
+    "time": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z",
+}
+# Values matched by their shape only.
+SHAPES = {"date": r"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT"}
+TOKEN = re.compile(
+    r"(?<![\w-])(?:"
+    + "|".join(f"(?P<{kind}>{pattern})" for kind, pattern in {**LEARNED, **SHAPES}.items())
+    + r")(?![\w-])"
+)
+PLACEHOLDER = re.compile(r"\{(session|msg|cursor|time):(\d+)\}")
+
+
+@dataclass
+class Example:
+    line: int  # of the command in the page, from 1
+    command: str
+    shown: str
+
+
+@dataclass
+class Block:
+    start: int  # index of the block's first content line
+    end: int  # index after its last content line
+    indent: str
+    examples: list
+
+
+def blocks(lines):
+    """Return the console blocks of a page given as lines."""
+    found = []
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() != ".. code-block:: console":
+            i += 1
+            continue
+        i += 1
+        while i < len(lines) and lines[i].strip():  # the directive's options
+            i += 1
+        while i < len(lines) and not lines[i].strip():
+            i += 1
+        start = i
+        indent = re.match(r"\s*", lines[start]).group()
+        while i < len(lines) and (not lines[i].strip() or lines[i].startswith(indent)):
+            i += 1
+        end = i
+        while end > start and not lines[end - 1].strip():
+            end -= 1
+        found.append(Block(start, end, indent, _examples(lines, start, end, indent)))
+    return found
+
+
+def _examples(lines, start, end, indent):
+    examples = []
+    for index in range(start, end):
+        text = lines[index][len(indent) :]
+        if text.startswith("$ "):
+            examples.append(Example(index + 1, text[2:], ""))
+        elif examples and text.startswith("> ") and not examples[-1].shown:
+            examples[-1].command += "\n" + text[2:]
+        elif examples:
+            examples[-1].shown += text + "\n"
+        else:
+            raise AssertionError(f"{DOC.name}:{index + 1}: output before any command")
+    return examples
+
+
+def normalise(text):
+    """Drop carriage returns, trailing spaces and trailing blank lines."""
+    lines = [line.rstrip() for line in text.replace("\r", "").split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
+def run(command):
+    """Run a command with bash; return what it printed on standard output."""
+    done = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=COMMAND_TIMEOUT
+    )
+    return done.stdout
+
+
+class Run:
+    """The values of this run learned so far, and the server the commands go to."""
+
+    def __init__(self, base_url):
+        self.base_url = base_url
+        self.values = {}  # shown value -> this run's
+        self.seen = {kind: [] for kind in LEARNED}  # this run's values, by first appearance
+
+    def command(self, example):
+        """The command to run: placeholders and learned values filled in, the server's URL."""
+        text = PLACEHOLDER.sub(lambda m: self.seen[m[1]][int(m[2]) - 1], example.command)
+        for shown, actual in self.values.items():
+            text = text.replace(shown, actual)
+        return text.replace(SHOWN_BASE, self.base_url)
+
+    def output(self, text):
+        """Normalise an output of this run and note the values it shows first."""
+        text = normalise(text.replace(self.base_url, SHOWN_BASE))
+        for match in TOKEN.finditer(text):
+            kind = match.lastgroup
+            if kind in LEARNED and match[0] not in self.seen[kind]:
+                self.seen[kind].append(match[0])
+        return text
+
+    def pattern(self, shown):
+        """A regular expression for the output ``shown`` stands for; the new values' groups."""
+        parts, groups, position = [], {}, 0
+        for match in TOKEN.finditer(shown):
+            parts.append(re.escape(shown[position : match.start()]))
+            position = match.end()
+            kind, value = match.lastgroup, match[0]
+            if kind in SHAPES:
+                parts.append(SHAPES[kind])
+            elif value in self.values:
+                parts.append(re.escape(self.values[value]))
+            elif value in groups:
+                parts.append(f"(?P={groups[value]})")
+            else:
+                groups[value] = f"g{len(groups)}"
+                parts.append(f"(?P<{groups[value]}>{LEARNED[kind]})")
+        parts.append(re.escape(shown[position:]))
+        return re.compile("".join(parts)), groups
+
+    def check(self, example, actual):
+        """Fail unless ``actual`` is the output ``example`` shows; learn its new values."""
+        shown = normalise(example.shown)
+        pattern, groups = self.pattern(shown)
+        match = pattern.fullmatch(actual)
+        if match is None:
+            expected = shown
+            for value, mine in self.values.items():
+                expected = expected.replace(value, mine)
+            diff = "\n".join(
+                difflib.unified_diff(
+                    expected.splitlines(), actual.splitlines(), "shown", "actual", lineterm=""
+                )
+            )
+            pytest.fail(
+                f"{DOC.name}:{example.line}: the output differs from the one shown\n"
+                f"$ {example.command}\n{diff}",
+                pytrace=False,
+            )
+        for value, group in groups.items():
+            mine = match[group]
+            taken = [shown for shown, other in self.values.items() if other == mine]
+            assert not taken, (
+                f"{DOC.name}:{example.line}: {value} and {taken[0]} are shown as two values,"
+                f" but this run has one ({mine})"
+            )
+            self.values[value] = mine
+
+    def align(self, shown, actual):
+        """Learn values by position: the n-th value shown is the n-th value of this run."""
+        pairs = zip(TOKEN.finditer(normalise(shown)), TOKEN.finditer(actual), strict=False)
+        for old, new in pairs:
+            if old.lastgroup == new.lastgroup in LEARNED and old[0] not in self.values:
+                self.values[old[0]] = new[0]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def docs_server(request, tmp_path_factory):
+    """Gunicorn on a fresh database, as ``make run`` starts it (see SERVER_ENV)."""
+    folder = tmp_path_factory.mktemp(f"docs-{request.param}")
+    with (
+        new_database(request.param, folder) as url,
+        serving(folder, DATABASE_URL=url, **SERVER_ENV) as (base_url, _process),
+    ):
+        yield base_url
+
+
+def test_api_guide_examples(docs_server):
+    lines = DOC.read_text().splitlines()
+    found = [example for block in blocks(lines) for example in block.examples]
+    assert len(found) >= 40, "the API guide's examples were not found"
+    assert all("curl" in example.command or "sleep" in example.command for example in found)
+    this_run = Run(docs_server)
+    for example in found:
+        assert not PLACEHOLDER.search(example.command), (
+            f"{DOC.name}:{example.line}: a placeholder left: run this module with --write"
+        )
+        actual = this_run.output(run(this_run.command(example)))
+        this_run.check(example, actual)
+
+
+def write(base_url):
+    """Run the page's examples and write their commands and outputs back into it."""
+    lines = DOC.read_text().splitlines()
+    this_run = Run(base_url)
+    replacements = []
+    for block in blocks(lines):
+        written = []
+        for example in block.examples:
+            command = this_run.command(example)
+            actual = this_run.output(run(command))
+            this_run.align(example.shown, actual)
+            command = command.replace(base_url, SHOWN_BASE)
+            written.append("$ " + command.replace("\n", "\n> "))
+            written.extend(actual.splitlines() if actual else [])
+            written.append("")
+        replacements.append((block, [(block.indent + line).rstrip() for line in written[:-1]]))
+    for block, written in reversed(replacements):
+        lines[block.start : block.end] = written
+    DOC.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    if sys.argv[1:] != ["--write"]:
+        sys.exit(f"usage: {sys.argv[0]} --write")
+    with tempfile.TemporaryDirectory() as folder, serving(
+        Path(folder), DATABASE_URL=f"sqlite:///{folder}/docs.sqlite3", **SERVER_ENV
+    ) as (url, _process):
+        write(url)
