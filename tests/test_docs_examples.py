@@ -23,8 +23,8 @@ behaviour; review the diff)::
 
 While writing a new example, a command may name a value of this run by
 order of first appearance, as ``{session:2}`` (the second session id any
-output showed), ``{msg:1}``, ``{cursor:1}`` or ``{time:3}``; ``--write``
-puts the real value in its place.
+output showed), ``{msg:1}``, ``{cursor:1}`` or ``{time:-2}`` (the last but
+one timestamp first shown); ``--write`` puts the real value in its place.
 """
 
 import difflib
@@ -64,7 +64,9 @@ TOKEN = re.compile(
     + "|".join(f"(?P<{kind}>{pattern})" for kind, pattern in {**LEARNED, **SHAPES}.items())
     + r")(?![\w-])"
 )
-PLACEHOLDER = re.compile(r"\{(session|msg|cursor|time):(\d+)\}")
+# Werkzeug lists the allowed methods from a set: their order differs by process.
+ALLOW = re.compile(r"^(Allow: )(.*)$", re.MULTILINE)
+PLACEHOLDER = re.compile(r"\{(session|msg|cursor|time):(-?\d+)\}")
 
 
 @dataclass
@@ -122,11 +124,11 @@ def _examples(lines, start, end, indent):
 
 
 def normalise(text):
-    """Drop carriage returns, trailing spaces and trailing blank lines."""
+    """Drop carriage returns, trailing spaces and trailing blank lines; sort ``Allow``."""
     lines = [line.rstrip() for line in text.replace("\r", "").split("\n")]
     while lines and not lines[-1]:
         lines.pop()
-    return "\n".join(lines)
+    return ALLOW.sub(lambda m: m[1] + ", ".join(sorted(m[2].split(", "))), "\n".join(lines))
 
 
 def run(command):
@@ -147,10 +149,14 @@ class Run:
 
     def command(self, example):
         """The command to run: placeholders and learned values filled in, the server's URL."""
-        text = PLACEHOLDER.sub(lambda m: self.seen[m[1]][int(m[2]) - 1], example.command)
+        text = PLACEHOLDER.sub(self._placeholder, example.command)
         for shown, actual in self.values.items():
             text = text.replace(shown, actual)
         return text.replace(SHOWN_BASE, self.base_url)
+
+    def _placeholder(self, match):
+        number = int(match[2])
+        return self.seen[match[1]][number - 1 if number > 0 else number]
 
     def output(self, text):
         """Normalise an output of this run and note the values it shows first."""
@@ -186,12 +192,13 @@ class Run:
         pattern, groups = self.pattern(shown)
         match = pattern.fullmatch(actual)
         if match is None:
-            expected = shown
-            for value, mine in self.values.items():
-                expected = expected.replace(value, mine)
             diff = "\n".join(
                 difflib.unified_diff(
-                    expected.splitlines(), actual.splitlines(), "shown", "actual", lineterm=""
+                    self._masked(shown, known=True).splitlines(),
+                    self._masked(actual).splitlines(),
+                    "shown",
+                    "actual",
+                    lineterm="",
                 )
             )
             pytest.fail(
@@ -207,6 +214,18 @@ class Run:
                 f" but this run has one ({mine})"
             )
             self.values[value] = mine
+
+    def _masked(self, text, known=False):
+        """``text`` for a diff: learned values as this run's, the others as <kind>."""
+
+        def mask(match):
+            if known and match[0] in self.values:
+                return self.values[match[0]]
+            if not known and match[0] in self.values.values():
+                return match[0]
+            return f"<{match.lastgroup}>"
+
+        return TOKEN.sub(mask, text)
 
     def align(self, shown, actual):
         """Learn values by position: the n-th value shown is the n-th value of this run."""
@@ -253,7 +272,8 @@ def write(base_url):
             actual = this_run.output(run(command))
             this_run.align(example.shown, actual)
             command = command.replace(base_url, SHOWN_BASE)
-            written.append("$ " + command.replace("\n", "\n> "))
+            first, *rest = command.split("\n")
+            written += ["$ " + first] + ["> " + line for line in rest]
             written.extend(actual.splitlines() if actual else [])
             written.append("")
         replacements.append((block, [(block.indent + line).rstrip() for line in written[:-1]]))
@@ -267,7 +287,11 @@ if __name__ == "__main__":
 
     if sys.argv[1:] != ["--write"]:
         sys.exit(f"usage: {sys.argv[0]} --write")
-    with tempfile.TemporaryDirectory() as folder, serving(
-        Path(folder), DATABASE_URL=f"sqlite:///{folder}/docs.sqlite3", **SERVER_ENV
-    ) as (url, _process):
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        serving(Path(folder), DATABASE_URL=f"sqlite:///{folder}/docs.sqlite3", **SERVER_ENV) as (
+            url,
+            _process,
+        ),
+    ):
         write(url)
