@@ -45,8 +45,9 @@ $(VENV)/.installed-docs: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[docs]"
 	touch $@
 
-## docs: build the Sphinx site into docs/_build/html; any warning fails the build
+## docs: check README.rst renders (the package's long description); build the Sphinx site into docs/_build/html; any warning fails
 docs: $(VENV)/.installed-docs
+	$(BIN)/python -W ignore -m readme_renderer README.rst -o /dev/null
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 	@echo "The docs are in docs/_build/html/index.html"
 

@@ -16,8 +16,9 @@ with the shown one, line by line, with this normalisation only:
 So a wrong status, header or body field fails, and so does an example whose
 output depends on a step the page does not show.
 
-To rewrite the shown outputs from a fresh run (after a deliberate change of
-behaviour; review the diff)::
+README.rst's example is one of the page's blocks, copied: a test checks that
+it still is.  To rewrite the shown outputs from a fresh run, README's copy
+included (after a deliberate change of behaviour; review the diff)::
 
     .venv/bin/python tests/test_docs_examples.py --write
 
@@ -41,9 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from databases import BACKENDS, new_database  # noqa: E402
 from servers import serving  # noqa: E402
 
-pytestmark = pytest.mark.server
-
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.rst"
+README = DOC.parents[1] / "README.rst"
 SHOWN_BASE = "http://127.0.0.1:8000"
 # Heartbeats every 2 s, so that a short stream example shows one.
 SERVER_ENV = {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4", "STREAM_HEARTBEAT_SECONDS": "2"}
@@ -246,6 +246,7 @@ def docs_server(request, tmp_path_factory):
         yield base_url
 
 
+@pytest.mark.server
 def test_api_guide_examples(docs_server):
     lines = DOC.read_text().splitlines()
     found = [example for block in blocks(lines) for example in block.examples]
@@ -258,6 +259,30 @@ def test_api_guide_examples(docs_server):
         )
         actual = this_run.output(run(this_run.command(example)))
         this_run.check(example, actual)
+
+
+def test_readme_example_is_one_of_the_guide_s():
+    """README's example is a block of the API guide, so the guide's run checks it too."""
+    guide = DOC.read_text().splitlines()
+    readme = README.read_text().splitlines()
+    guide_blocks = [guide[block.start : block.end] for block in blocks(guide)]
+    found = blocks(readme)
+    assert found, "README.rst shows no console example"
+    for block in found:
+        assert readme[block.start : block.end] in guide_blocks, (
+            f"README.rst:{block.start + 1}: this example is not the API guide's:"
+            " run this module with --write"
+        )
+
+
+def write_readme():
+    """Copy into README.rst the guide's blocks that start with the same command."""
+    guide = DOC.read_text().splitlines()
+    by_first_line = {guide[block.start]: guide[block.start : block.end] for block in blocks(guide)}
+    readme = README.read_text().splitlines()
+    for block in reversed(blocks(readme)):
+        readme[block.start : block.end] = by_first_line[readme[block.start]]
+    README.write_text("\n".join(readme) + "\n")
 
 
 def write(base_url):
@@ -280,6 +305,7 @@ def write(base_url):
     for block, written in reversed(replacements):
         lines[block.start : block.end] = written
     DOC.write_text("\n".join(lines) + "\n")
+    write_readme()
 
 
 if __name__ == "__main__":
