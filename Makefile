@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run dev test fuzz lint migrate init-db bench bench-data bench-finding bench-feed bench-fleet \
+.PHONY: run dev test docs fuzz lint migrate init-db bench bench-data bench-finding bench-feed bench-fleet \
 	bench-scoping prune clean
 
 $(BIN)/python:
@@ -41,6 +41,16 @@ init-db: migrate
 test: $(VENV)/.installed-test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $@
+
+## docs: check README.rst renders (the package's long description); build the Sphinx site into docs/_build/html; any warning fails
+docs: $(VENV)/.installed-docs
+	$(BIN)/python -W ignore -m readme_renderer README.rst -o /dev/null
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "The docs are in docs/_build/html/index.html"
+
 ## fuzz: a longer, randomised schemathesis pass over the API description (FUZZ_EXAMPLES per operation)
 FUZZ_EXAMPLES ?= 500
 fuzz: $(VENV)/.installed-test
@@ -68,7 +78,7 @@ bench-feed: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.feed
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .coverage *.egg-info
+	rm -rf $(VENV) var .pytest_cache .coverage *.egg-info docs/_build
 
 ## prune: delete the sessions past SESSION_RETENTION_SECONDS (PRUNE_ARGS=--dry-run to count only)
 prune: $(VENV)/.installed

@@ -1,6 +1,7 @@
 """Gunicorn settings for the Session API: every server setting lives here.
 
-Environment variables override the values marked so; README.rst lists them.
+Environment variables override the values marked so; docs/operations.rst
+(Configuration) lists them.
 
 The master imports no app code and none of Flask, peewee, psycopg or
 prometheus_client: only ``sessions_app.config``, ``.logs``, ``.tokenfile``
