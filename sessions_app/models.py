@@ -33,10 +33,11 @@ from peewee import (
     fn,
 )
 
-from . import changes, containment, feed, jsonio, metrics, scoping
+from . import containment, feed, jsonio, metrics, scoping
 from .conditional import check_if_match
 from .db import connected, database
 from .errors import SessionNotFound, StatusConflict
+from .feed import kinds
 from .ids import first_session_id, last_session_id, new_message_id, new_session_id
 from .merge_patch import merge_patch
 from .paging import ORDERS, SORTS
@@ -145,7 +146,7 @@ class Session(BaseModel):
         values = {**row, "data": cls.data.db_value(row["data"])}
         with database.transaction():
             _store_session.execute(**values)
-            feed.record(changes.SESSION_CREATED, row, now)
+            feed.record(kinds.SESSION_CREATED, row, now)
         logger.debug("Created session %s for agent %s", row["id"], agent_id)
         return row
 
@@ -307,12 +308,12 @@ def write_changes(rows, changed, now):
     versions = dict(query.tuples().execute())
     for row in rows:
         row.update(changed, last_active=now, version=versions[row["id"]])
-    return [name for name in changes.UPDATABLE if name in changed]
+    return [name for name in kinds.UPDATABLE if name in changed]
 
 
 def record_updates(rows, fields, now):
     """Append the ``session.updated`` change of each of ``rows`` to the feed."""
-    feed.record_many(changes.SESSION_UPDATED, rows, now, changed=fields)
+    feed.record_many(kinds.SESSION_UPDATED, rows, now, changed=fields)
 
 
 def delete_rows(ids):
@@ -324,7 +325,7 @@ def delete_rows(ids):
 
 def record_tombstones(tombstones, now):
     """Append deleted sessions' tombstones (reason ``deleted``) to the feed."""
-    feed.record_many(changes.SESSION_DELETED, tombstones, now, reason=changes.DELETED)
+    feed.record_many(kinds.SESSION_DELETED, tombstones, now, reason=kinds.DELETED)
 
 
 def _changes(row, patch):
@@ -384,7 +385,7 @@ class Message(BaseModel):
                 content=content,
                 timestamp=now,
             )
-            feed.record(changes.MESSAGE_CREATED, session, now, message_id=message_id, role=role)
+            feed.record(kinds.MESSAGE_CREATED, session, now, message_id=message_id, role=role)
         metrics.MESSAGES_STORED.labels(role).inc()
         return {
             "message_id": message_id,
@@ -607,6 +608,3 @@ class IdempotencyKey(BaseModel):
     class Meta:
         table_name = "idempotency_keys"
         primary_key = CompositeKey("scope", "key")
-
-
-MODELS = (Session, Message, IdempotencyKey, *feed.MODELS)

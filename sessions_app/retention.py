@@ -27,8 +27,9 @@ from flask.cli import with_appcontext
 from peewee import SQL, fn
 from prometheus_client import values
 
-from . import changes, feed, idempotency, metrics
+from . import feed, idempotency, metrics
 from .db import database, describe
+from .feed import kinds
 from .models import Session
 from .states import FINAL_STATUSES
 from .timefmt import format_us, now_us
@@ -112,7 +113,7 @@ def delete_expired(cutoff, ids):
         deleted = list(query.dicts().execute())
         now = now_us()
         for row in deleted:
-            feed.record(changes.SESSION_DELETED, row, now, reason=changes.EXPIRED)
+            feed.record(kinds.SESSION_DELETED, row, now, reason=kinds.EXPIRED)
     return deleted
 
 
@@ -158,13 +159,6 @@ def prune_keys(before, pause=MIN_PAUSE):
         _rest(pause, time.monotonic() - started)
 
 
-def prune_changes(before, pause=MIN_PAUSE):
-    """Remove the changes recorded before ``before``, batch by batch; return how many."""
-    removed = feed.remove_older_than(before, rest=lambda took: _rest(pause, took))
-    metrics.PRUNED.labels("changes").inc(removed)
-    return removed
-
-
 def _rest(pause, took):
     """Wait after a batch of ``took`` seconds: ``PAUSE_RATIO`` times as long, ``pause`` at least."""
     time.sleep(max(pause, took * PAUSE_RATIO))
@@ -187,8 +181,9 @@ def prune(config, dry_run=False, now=None, **batching):
             "Dry run: would forget %d idempotency keys and %d changes", totals.keys, totals.changes
         )
     else:
-        totals.keys = prune_keys(keys_before, batching.get("pause", MIN_PAUSE))
-        totals.changes = prune_changes(changes_before, batching.get("pause", MIN_PAUSE))
+        pause = batching.get("pause", MIN_PAUSE)
+        totals.keys = prune_keys(keys_before, pause)
+        totals.changes = feed.prune_changes(changes_before, rest=lambda took: _rest(pause, took))
         logger.info("Pruned %s", totals.describe())
     return totals
 

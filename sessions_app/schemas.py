@@ -13,8 +13,9 @@ from marshmallow import (
     validates_schema,
 )
 
-from . import changes, states
+from . import states
 from .dumping import dumper
+from .feed import kinds
 from .fields import (
     CommaList,
     DataFilterField,
@@ -248,7 +249,7 @@ class MessageListQuerySchema(Schema):
 
 class ChangeListQuerySchema(Schema):
     cursor = FeedCursor(
-        changes.LATEST,
+        kinds.LATEST,
         **_about(
             "A previous next_cursor, a change's seq, or latest (from now on); "
             "without it the feed starts at the oldest change kept."
@@ -261,7 +262,7 @@ class ChangeListQuerySchema(Schema):
         validate=validate.Length(max=255), **_about("Only changes of this task's sessions.")
     )
     types = CommaList(
-        changes.TYPES,
+        kinds.TYPES,
         data_key="type",
         **_about("Only changes of this type, or of any of several."),
     )
@@ -357,7 +358,7 @@ class BulkResultSchema(Schema):
 
 class ChangeSchema(Schema):
     seq = fields.Integer()
-    type = fields.String(validate=validate.OneOf(changes.TYPES))
+    type = fields.String(validate=validate.OneOf(kinds.TYPES))
     session_id = fields.String(**_session_id)
     agent_id = fields.String()
     task_id = fields.String(allow_none=True)
@@ -367,17 +368,17 @@ class ChangeSchema(Schema):
     # Only in some types of change (openapi.py leaves them out of "required").
     message_id = fields.String(
         validate=validate.Regexp(f"^{MESSAGE_ID_PATTERN}$"),
-        metadata={"only_in": changes.MESSAGE_CREATED},
+        metadata={"only_in": kinds.MESSAGE_CREATED},
     )
     role = fields.String(
-        validate=validate.OneOf(states.ROLES), metadata={"only_in": changes.MESSAGE_CREATED}
+        validate=validate.OneOf(states.ROLES), metadata={"only_in": kinds.MESSAGE_CREATED}
     )
     changed = fields.List(
-        fields.String(validate=validate.OneOf(changes.UPDATABLE)),
-        metadata={"only_in": changes.SESSION_UPDATED},
+        fields.String(validate=validate.OneOf(kinds.UPDATABLE)),
+        metadata={"only_in": kinds.SESSION_UPDATED},
     )
     reason = fields.String(
-        validate=validate.OneOf(changes.REASONS), metadata={"only_in": changes.SESSION_DELETED}
+        validate=validate.OneOf(kinds.REASONS), metadata={"only_in": kinds.SESSION_DELETED}
     )
 
 

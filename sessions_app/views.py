@@ -5,7 +5,7 @@ from functools import partial
 from flask import Blueprint, current_app, url_for
 from werkzeug.routing import BaseConverter
 
-from . import bulk, changes, feed, idempotency, sse
+from . import bulk, feed, idempotency
 from .conditional import (
     ETAG,
     IF_MATCH,
@@ -14,6 +14,7 @@ from .conditional import (
     etag,
     request_tags,
 )
+from .feed import kinds, stream
 from .ids import SESSION_ID_PATTERN
 from .models import Message, Session
 from .paging import cut_page, session_cursor
@@ -156,7 +157,10 @@ def list_messages(session_id):
     query = load_query(message_list_query_schema)
     cursor, limit, order, wait = (query.get(k) for k in ("cursor", "limit", "order", "wait"))
     rows = feed.wait_for_session(
-        session_id, lambda: Message.page(session_id, limit, cursor, order), wait, sse.client_gone()
+        session_id,
+        lambda: Message.page(session_id, limit, cursor, order),
+        wait,
+        stream.client_gone(),
     )
     messages, next_cursor = cut_page(rows, limit, lambda row: str(row["seq"]))
     if wait is not None and next_cursor is None:
@@ -168,27 +172,27 @@ def list_messages(session_id):
 @bp.get("/changes")
 def list_changes():
     query = load_query(change_list_query_schema)
-    if sse.wanted():
+    if stream.wanted():
         return _change_stream(query)
-    changes, next_position = feed.read(**query, gone=sse.client_gone())
+    changes, next_position = feed.read(**query, gone=stream.client_gone())
     return dump_change_list({"changes": changes, "next_cursor": str(next_position)})
 
 
 def _change_stream(query):
     config = current_app.config
-    last_event_id = sse.last_event_id()
+    last_event_id = stream.last_event_id()
     # A stream has no pages and never times out: limit and wait do not apply.
     del query["limit"], query["wait"]
-    cursor = query.pop("cursor", changes.LATEST)
+    cursor = query.pop("cursor", kinds.LATEST)
     follower = feed.Follower(
         cursor if last_event_id is None else last_event_id,
         heartbeat=config["STREAM_HEARTBEAT_SECONDS"],
         max_seconds=config["STREAM_MAX_SECONDS"],
-        name="cursor" if last_event_id is None else sse.LAST_EVENT_ID,
-        gone=sse.client_gone(),
+        name="cursor" if last_event_id is None else stream.LAST_EVENT_ID,
+        gone=stream.client_gone(),
         **query,
     )
-    return sse.response(
+    return stream.response(
         follower,
         lambda change: (change["seq"], change["type"], dump_change(change)),
         until=follower.end,

@@ -171,7 +171,7 @@ def test_a_closed_stream_gives_its_slot_back(streaming, api):
     api.create()
     response = open_stream(streaming)
     with streaming.app_context():
-        hub = feed._hub()
+        hub = feed.current_hub()
         assert hub.waiting() == 1
         next(iter(response.response))
         response.close()

@@ -11,7 +11,7 @@ How the watcher learns that something was committed:
 - PostgreSQL: it ``LISTEN``s on ``CHANNEL`` on a connection of its own (one
   per worker), so a write through any worker of any host wakes it.  A
   writer's change waits in a queue until a publishing pass gives it its seq
-  (``feed.py`` says why): after COMMIT the writer ``announce()``s, and one
+  (``recording.py`` says why): after COMMIT the writer ``announce()``s, and one
   publisher thread per worker runs a pass for all the commits announced
   since its last one, with a single ``NOTIFY`` (a notifying commit takes an
   instance-wide lock, so writers never notify themselves).  The watcher
@@ -38,9 +38,9 @@ import psycopg
 from peewee import OperationalError, PostgresqlDatabase, SqliteDatabase
 from playhouse.pool import PooledSqliteDatabase
 
-from . import metrics
-from .db import database
-from .deadlines import BoundedPooledPsycopg3Database, BoundedPsycopg3Database
+from .. import metrics
+from ..db import database
+from ..deadlines import BoundedPooledPsycopg3Database, BoundedPsycopg3Database
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class Hub:
         """Say that a write of this process committed: wake the watchers that follow it.
 
         On PostgreSQL the change waits in a queue for the publisher to give
-        it its seq (``feed.py``); this returns once a publishing pass that
+        it its seq (``recording.py``); this returns once a publishing pass that
         began after the commit has ended, so the writer answers with its
         change in the feed.  It waits ``PUBLISH_TIMEOUT`` at most: the
         change is published by the next pass of any host.

@@ -9,7 +9,8 @@ import time
 from flask import current_app, request
 from marshmallow import ValidationError
 
-from . import jsonio, waiting
+from .. import jsonio
+from . import hub
 
 MIMETYPE = "text/event-stream"
 LAST_EVENT_ID = "Last-Event-ID"
@@ -33,7 +34,7 @@ def last_event_id():
 
 def client_gone():
     """Return a function telling whether this request's client has gone."""
-    return waiting.client_gone(request.environ)
+    return hub.client_gone(request.environ)
 
 
 def event(event_id, name, data):
