@@ -3,6 +3,9 @@
 HTTP errors keep the response Werkzeug built for them (so a 405 keeps its
 ``Allow`` header) and get a problem body instead of HTML.  What went wrong
 inside the service goes to the log, never into a body.
+
+Storage raises the errors defined here, so this module imports no Flask
+(its handlers import it when they run).
 """
 
 import logging
@@ -24,7 +27,7 @@ from werkzeug.exceptions import (
 )
 from werkzeug.http import HTTP_STATUS_CODES
 
-from . import jsonio, metrics, requestid
+from . import jsonio, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +143,8 @@ def problem_body(status, detail, **extra):
     }
     # The request id names this occurrence: the same id is in the response's
     # X-Request-ID header and in every log line of the request.
+    from . import requestid  # Flask: storage imports this module without it
+
     instance = requestid.current()
     if instance:
         body["instance"] = instance

@@ -586,25 +586,3 @@ def _message_page_query(order, session_id, limit, cursor=None):
 
 
 _message_pages = {order: Prepared(partial(_message_page_query, order)) for order in ORDERS}
-
-
-class IdempotencyKey(BaseModel):
-    """The answer given to a request sent with an ``Idempotency-Key`` (idempotency.py).
-
-    Keyed by the caller (a hash of its token, "" without tokens) and the key;
-    ``created_at`` is indexed so that expired keys are found oldest first.
-    No foreign key: the answer outlives the session it created.
-    """
-
-    scope = CharField(max_length=32)
-    key = CharField(max_length=255)
-    fingerprint = CharField(max_length=64)
-    status = IntegerField()
-    body = TextField()
-    location = TextField(null=True)
-    etag = CharField(max_length=32, null=True)
-    created_at = BigIntegerField(index=True)
-
-    class Meta:
-        table_name = "idempotency_keys"
-        primary_key = CompositeKey("scope", "key")

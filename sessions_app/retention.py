@@ -27,7 +27,7 @@ from flask.cli import with_appcontext
 from peewee import SQL, fn
 from prometheus_client import values
 
-from . import feed, idempotency, metrics
+from . import feed, idempotency_keys, metrics
 from .db import database, describe
 from .feed import kinds
 from .models import Session
@@ -151,7 +151,7 @@ def prune_keys(before, pause=MIN_PAUSE):
     total = 0
     while True:
         started = time.monotonic()
-        deleted = idempotency.forget_expired(before)
+        deleted = idempotency_keys.forget_expired(before)
         if not deleted:
             return total
         total += deleted
@@ -175,7 +175,7 @@ def prune(config, dry_run=False, now=None, **batching):
     keys_before = now - config["IDEMPOTENCY_TTL_SECONDS"] * 1_000_000
     changes_before = feed.retention_cutoff(config["CHANGES_RETENTION_SECONDS"], now)
     if dry_run:
-        totals.keys = idempotency.count_expired(keys_before)
+        totals.keys = idempotency_keys.count_expired(keys_before)
         totals.changes = feed.count_older_than(changes_before)
         logger.info(
             "Dry run: would forget %d idempotency keys and %d changes", totals.keys, totals.changes

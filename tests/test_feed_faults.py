@@ -13,8 +13,8 @@ from test_feed_stream import open_stream, parse, read_all
 
 from sessions_app import feed
 from sessions_app.db import connected
-from sessions_app.feed import hub as waiting
 from sessions_app.feed import follow, reading
+from sessions_app.feed import hub as waiting
 from sessions_app.timefmt import now_us
 
 

@@ -14,13 +14,20 @@ The rest of the app uses what this file exports (``feed.record(...)``,
 ``feed.page(...)``), not the modules behind it.
 """
 
-from . import kinds
+from ..db import database
+from . import hub, kinds
 from .follow import POLL, STREAM, Follower, committed, current_hub, read, wait_for_session
 from .hub import client_gone, stop_waiting
 from .prune import count_older_than, prune_changes, remove_older_than, retention_cutoff
 from .reading import as_change, marks, matcher, page, position
 from .recording import publish, record, record_many
 from .tables import Change, FeedMark, QueuedChange
+
+
+def init_app(app):
+    """Hand the feed the app's settings (its waiting slots, a stream's backlog)."""
+    hub.configure(database.obj, app.config)
+
 
 __all__ = [
     "POLL",
@@ -34,6 +41,7 @@ __all__ = [
     "committed",
     "count_older_than",
     "current_hub",
+    "init_app",
     "kinds",
     "marks",
     "matcher",

@@ -3,7 +3,6 @@
 import logging
 import time
 
-from flask import current_app
 from peewee import OperationalError
 
 from .. import scoping
@@ -121,17 +120,17 @@ class _Waiter:
     """
 
     def __init__(self, kind, filters):
-        config = current_app.config
         self.filters = filters
         # A stream is read after its request has ended: keep the request's scope.
         self.scope = scoping.current()
         self.hub = current_hub()
+        settings = self.hub.settings
         try:
             self.subscription = self.hub.subscribe(
                 reading.matcher(**filters),
-                config["FEED_WAITERS_MAX"],
+                settings["FEED_WAITERS_MAX"],
                 kind,
-                config["STREAM_BACKLOG_MAX"],
+                settings["STREAM_BACKLOG_MAX"],
             )
         except hub.Full:
             raise WaitingFull(kind) from None

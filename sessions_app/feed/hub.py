@@ -33,6 +33,7 @@ import os
 import select
 import socket
 import threading
+import weakref
 
 import psycopg
 from peewee import OperationalError, PostgresqlDatabase, SqliteDatabase
@@ -150,6 +151,8 @@ class Hub:
         self.fetch = fetch  # fetch(db, after, limit) -> changes, oldest first
         self.newest = newest  # newest(db) -> the newest committed seq
         self.publish = publish  # publish(conn): PostgreSQL, give queued changes their seqs
+        # The app's settings (FEED_WAITERS_MAX, STREAM_BACKLOG_MAX), handed over by ``configure``.
+        self.settings = _settings.get(db, {})
         self.lock = threading.Lock()
         self.subscriptions = set()
         self.following = set()
@@ -450,6 +453,12 @@ def _pooled_copy(db, size):
 
 _hubs = {}
 _hubs_lock = threading.Lock()
+_settings = weakref.WeakKeyDictionary()  # database -> the app's settings
+
+
+def configure(db, settings):
+    """Hand the hubs of ``db`` the app's ``settings`` (a mapping, read as waiters come)."""
+    _settings[db] = settings
 
 
 def hub(fetch, newest, publish):
