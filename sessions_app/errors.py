@@ -28,6 +28,7 @@ from werkzeug.exceptions import (
 from werkzeug.http import HTTP_STATUS_CODES
 
 from . import jsonio, metrics
+from .paging import NOT_ISSUED
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class CursorUnknown(ValidationError):
     """A feed position past every change recorded: not one the service issued (422)."""
 
     def __init__(self, name):
-        super().__init__({name: ["Not a cursor this service issued."]})
+        super().__init__({name: [NOT_ISSUED]})
 
 
 class WaitingFull(ServiceUnavailable):

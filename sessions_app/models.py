@@ -276,7 +276,8 @@ class Session(BaseModel):
         logger.debug("Deleted session %s (%d messages)", session_id, deleted[0]["message_count"])
 
 
-_TOMBSTONE_FIELDS = (
+#: What a deleted session leaves for its tombstone (with its id), and its message count.
+TOMBSTONE_FIELDS = (
     Session.agent_id,
     Session.task_id,
     Session.status,
@@ -319,7 +320,7 @@ def record_updates(rows, fields, now):
 def delete_rows(ids):
     """Delete sessions and their messages; return the tombstones' fields of those there were."""
     query = scoping.restrict(Session.delete().where(Session.id.in_(ids)), Session.agent_id)
-    query = query.returning(Session.id, *_TOMBSTONE_FIELDS)
+    query = query.returning(Session.id, *TOMBSTONE_FIELDS)
     return list(query.dicts().execute())
 
 

@@ -30,7 +30,7 @@ from prometheus_client import values
 from . import feed, idempotency_keys, metrics
 from .db import database, describe
 from .feed import kinds
-from .models import Session
+from .models import TOMBSTONE_FIELDS, Session
 from .states import FINAL_STATUSES
 from .timefmt import format_us, now_us
 
@@ -91,23 +91,15 @@ def next_batch(cutoff, size=DEFAULT_BATCH, messages=DEFAULT_BATCH_MESSAGES):
 def delete_expired(cutoff, ids):
     """Delete those of the sessions ``ids`` still expired, with their messages, in one transaction.
 
-    Return the deleted sessions (``id``, ``agent_id``, ``task_id``,
-    ``status``, ``version``, ``message_count``), whose ``session.deleted``
-    tombstones (reason ``expired``) are recorded in the same transaction.
+    Return the deleted sessions (``id`` and ``models.TOMBSTONE_FIELDS``), whose
+    ``session.deleted`` tombstones (reason ``expired``) are recorded in the same transaction.
     """
     # The expiry is checked again in the DELETE: a session changed since it
     # was picked (a PATCH of its data moves last_active) stays.
     query = (
         Session.delete()
         .where(Session.id.in_(ids) & _expired(cutoff))
-        .returning(
-            Session.id,
-            Session.agent_id,
-            Session.task_id,
-            Session.status,
-            Session.version,
-            Session.message_count,
-        )
+        .returning(Session.id, *TOMBSTONE_FIELDS)
     )
     with database.atomic():
         deleted = list(query.dicts().execute())

@@ -30,7 +30,7 @@ from .fields import (
     Timestamp,
 )
 from .ids import MESSAGE_ID_PATTERN, SESSION_ID_PATTERN
-from .paging import ORDERS, SORTS, CursorError, session_position
+from .paging import NOT_ISSUED, ORDERS, SORTS, CursorError, session_position
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -38,7 +38,6 @@ BULK_MAX_LIMIT = 10_000
 BULK_DEFAULT_LIMIT = 1000
 _limit = {"load_default": DEFAULT_LIMIT, "validate": validate.Range(1, MAX_LIMIT)}
 _name = {"validate": validate.Length(1, 255)}
-_not_issued = "Not a cursor this service issued."
 MAX_WAIT = 60
 _wait = {"load_default": 0, "validate": validate.Range(0, MAX_WAIT)}
 
@@ -232,7 +231,7 @@ class MessageListQuerySchema(Schema):
         **_about("asc: oldest first; desc: newest first (the last messages)."),
     )
     cursor = QueryInt(
-        validate=validate.Range(0, 2**31 - 1, error=_not_issued),
+        validate=validate.Range(0, 2**31 - 1, error=NOT_ISSUED),
         **_about(
             "The next_cursor of the previous page; it continues in the same order "
             "(0: before the first message)."

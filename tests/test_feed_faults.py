@@ -152,7 +152,7 @@ def test_a_stream_that_falls_its_backlog_behind_ends_and_resumes_losing_nothing(
     events, comments = parse(rest)
     assert [json.loads(e["data"])["session_id"] for e in events] == made[:4]
     assert comments[-1].startswith("stream closed")
-    assert hub.waiting() == 0
+    assert len(hub.subscriptions) == 0
     streaming.config.update(STREAM_MAX_SECONDS=1)
     resumed = read_all(open_stream(streaming, headers={"Last-Event-ID": events[-1]["id"]}))
     resumed, _ = parse(resumed)

@@ -218,11 +218,6 @@ class Hub:
         if held:
             metrics.WAITING.labels(subscription.kind).dec()
 
-    def waiting(self):
-        """Return how many slots are taken."""
-        with self.lock:
-            return len(self.subscriptions)
-
     # -- writers ----------------------------------------------------------------
 
     def announce(self):

@@ -13,10 +13,11 @@ import time
 from marshmallow import ValidationError
 
 from .. import jsonio
+from ..fields import SEQ_PATTERN
 
 MIMETYPE = "text/event-stream"
 LAST_EVENT_ID = "Last-Event-ID"
-_event_id = re.compile(r"0|[1-9][0-9]{0,17}").fullmatch
+_event_id = re.compile(SEQ_PATTERN).fullmatch
 
 
 def wanted(accept):
