@@ -7,11 +7,13 @@ and its watcher thread (``hub``), the one loop that follows the feed for a
 waiting request (``follow``), the event stream (``stream``), the kinds of
 change (``kinds``) and the feed's retention step (``prune``).
 
-What it may import: the standard library, peewee, psycopg and the
-service's storage helpers (``db``, ``deadlines``, ``prepared``, ``scoping``,
-``errors``, ``metrics``, ``jsonio``, ``timefmt``); never Flask, never a view.
+What it may import: the standard library, peewee, psycopg, marshmallow and
+the service's storage helpers (``db``, ``deadlines``, ``prepared``,
+``scoping``, ``errors``, ``metrics``, ``jsonio``, ``fields``, ``timefmt``).
+Never Flask and never a view: the views read the request (its headers, its
+environ) and pass values in; ``init_app`` hands over the app's settings.
 The rest of the app uses what this file exports (``feed.record(...)``,
-``feed.page(...)``), not the modules behind it.
+``feed.page(...)``, ``feed.kinds``, ``feed.stream``), not the modules behind it.
 """
 
 from ..db import database

@@ -11,7 +11,8 @@ from ..errors import CursorGone, SessionNotFound, WaitingFull
 from . import hub, kinds, reading, recording
 from .reading import marks, position
 
-logger = logging.getLogger(__name__)
+# The name these lines have always been logged under (log filters may use it).
+logger = logging.getLogger("sessions_app.feed")
 
 
 def committed():

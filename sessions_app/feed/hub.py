@@ -43,7 +43,8 @@ from .. import metrics
 from ..db import database
 from ..deadlines import BoundedPooledPsycopg3Database, BoundedPsycopg3Database
 
-logger = logging.getLogger(__name__)
+# The name these lines have always been logged under (log filters may use it).
+logger = logging.getLogger("sessions_app.waiting")
 
 CHANNEL = "sessions_changes"
 #: SQLite: how often the watcher of a process with waiters looks for new changes.

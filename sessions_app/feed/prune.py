@@ -10,7 +10,8 @@ from ..db import database
 from ..timefmt import now_us
 from .tables import Change, FeedMark
 
-logger = logging.getLogger(__name__)
+# The name these lines have always been logged under (log filters may use it).
+logger = logging.getLogger("sessions_app.feed")
 
 
 def prune_changes(before, rest=None):
