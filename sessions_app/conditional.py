@@ -10,7 +10,8 @@ weakly (``W/"3"`` matches ``"3"``), as RFC 9110 section 8.8.3.2 says.
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidHeader, NotModified, VersionMismatch
+from .errors import InvalidHeader, NotModified
+from .storage_errors import VersionMismatch
 
 ETAG = "ETag"
 IF_MATCH = "If-Match"

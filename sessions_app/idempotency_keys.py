@@ -38,9 +38,9 @@ from peewee import (
 )
 
 from .db import database, lock_file_path, open_lock_file
-from .errors import KeyInFlight
 from .models import BaseModel
 from .prepared import Prepared
+from .storage_errors import KeyInFlight
 
 #: One stored key in PURGE_EVERY (chosen by the key's number) deletes up to
 #: PURGE_BATCH expired keys, oldest first: several times the keys stored

@@ -36,13 +36,13 @@ from peewee import (
 from . import containment, feed, jsonio, metrics, scoping
 from .conditional import check_if_match
 from .db import connected, database
-from .errors import SessionNotFound, StatusConflict
 from .feed import kinds
 from .ids import first_session_id, last_session_id, new_message_id, new_session_id
 from .merge_patch import merge_patch
 from .paging import ORDERS, SORTS
 from .prepared import Prepared
 from .states import ACTIVE, CREATED, FINAL_STATUSES, MESSAGE_STATUS, STATUSES, can_move
+from .storage_errors import SessionNotFound, StatusConflict
 from .timefmt import now_us
 
 logger = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ import pytest
 from test_feed_stream import STREAM, parse, read_all
 
 from sessions_app import create_app, db, feed, migrations, scoping, tokenfile
-from sessions_app.errors import SessionNotFound
 from sessions_app.models import Session
 from sessions_app.prepared import Prepared, ScopeMissing
+from sessions_app.storage_errors import SessionNotFound
 
 ALPHA, ALPHA_RO, BETA, ADMIN, ENV = "alpha-token", "alpha-ro-token", "beta-token", "admin", "env"
 TOKENS_TOML = f"""

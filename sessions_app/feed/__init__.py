@@ -9,7 +9,7 @@ change (``kinds``) and the feed's retention step (``prune``).
 
 What it may import: the standard library, peewee, psycopg, marshmallow and
 the service's storage helpers (``db``, ``deadlines``, ``prepared``,
-``scoping``, ``errors``, ``metrics``, ``jsonio``, ``fields``, ``timefmt``).
+``scoping``, ``storage_errors``, ``metrics``, ``jsonio``, ``fields``, ``timefmt``).
 Never Flask and never a view: the views read the request (its headers, its
 environ) and pass values in; ``init_app`` hands over the app's settings.
 The rest of the app uses what this file exports (``feed.record(...)``,

@@ -7,7 +7,7 @@ from peewee import OperationalError
 
 from .. import scoping
 from ..db import connected
-from ..errors import CursorGone, SessionNotFound, WaitingFull
+from ..storage_errors import CursorGone, SessionNotFound, WaitingFull
 from . import hub, kinds, reading, recording
 from .reading import marks, position
 

@@ -2,8 +2,8 @@
 
 from .. import scoping
 from ..db import database
-from ..errors import CursorGone, CursorUnknown
 from ..prepared import Prepared
+from ..storage_errors import CursorGone, CursorUnknown
 from . import kinds
 from .tables import Change
 
