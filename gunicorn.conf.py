@@ -180,12 +180,12 @@ def post_worker_init(worker):
     """
     import signal
 
-    from sessions_app import waiting
+    from sessions_app import feed
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         handler = signal.getsignal(signum)
         if callable(handler):
-            signal.signal(signum, _stopping_first(waiting.stop_waiting, handler))
+            signal.signal(signum, _stopping_first(feed.stop_waiting, handler))
 
 
 def _stopping_first(stop_waiting, handler):

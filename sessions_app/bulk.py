@@ -23,7 +23,6 @@ import time
 from peewee import SQL, fn
 
 from .db import connected, database
-from .errors import StatusConflict
 from .models import (
     Session,
     _changes,
@@ -36,6 +35,7 @@ from .models import (
     write_changes,
 )
 from .states import STATUSES, can_move
+from .storage_errors import StatusConflict
 from .timefmt import now_us
 
 logger = logging.getLogger(__name__)

@@ -10,9 +10,8 @@ weakly (``W/"3"`` matches ``"3"``), as RFC 9110 section 8.8.3.2 says.
 import re
 from dataclasses import dataclass
 
-from flask import request
-
-from .errors import InvalidHeader, NotModified, VersionMismatch
+from .errors import InvalidHeader, NotModified
+from .storage_errors import VersionMismatch
 
 ETAG = "ETag"
 IF_MATCH = "If-Match"
@@ -64,9 +63,11 @@ def parse_tags(value):
     return Tags(strong=frozenset(strong), weak=frozenset(weak))
 
 
-def request_tags(name):
-    """Return the tags of the request's ``name`` header, None without one; 400 if malformed."""
-    value = request.headers.get(name)
+def header_tags(name, value):
+    """Return the tags of the ``name`` header sent as ``value``, None without one; 400 if malformed.
+
+    The view reads the header; this module reads no request.
+    """
     if value is None:
         return None
     try:

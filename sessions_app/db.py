@@ -122,6 +122,17 @@ def _server_options(config):
     return " ".join(f"-c {name}={value}" for name, value in settings.items())
 
 
+def lock_file_path(path, suffix):
+    """Return the path of a lock file beside the SQLite file ``path``; None in memory."""
+    in_memory = path == ":memory:" or path.startswith("file::memory:")
+    return None if in_memory else f"{path}.{suffix}"
+
+
+def open_lock_file(path):
+    """Open (making it) a lock file for this process: a descriptor no fork or exec shares."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+
+
 class WriterQueue:
     """One writer at a time across threads and processes, each waiting a bounded time.
 
@@ -154,9 +165,8 @@ class WriterQueue:
 
     def _lock_file(self, deadline):
         if self._pid != os.getpid():
-            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
             try:
-                self._fd, self._pid = os.open(self.path, flags, 0o660), os.getpid()
+                self._fd, self._pid = open_lock_file(self.path), os.getpid()
             except OSError as exc:
                 raise OperationalError(f"cannot open the writer lock: {exc}") from exc
         pause = 0.00005
@@ -210,8 +220,7 @@ class QueuedSqliteDatabase(PooledSqliteDatabase):
 
     def __init__(self, database, *args, write_timeout=10, **kwargs):
         super().__init__(database, *args, **kwargs)
-        in_memory = database == ":memory:" or database.startswith("file::memory:")
-        self.writers = WriterQueue(None if in_memory else f"{database}.writer-lock", write_timeout)
+        self.writers = WriterQueue(lock_file_path(database, "writer-lock"), write_timeout)
 
     def begin(self, lock_type=None):
         self.writers.acquire()

@@ -3,6 +3,11 @@
 HTTP errors keep the response Werkzeug built for them (so a 405 keeps its
 ``Allow`` header) and get a problem body instead of HTML.  What went wrong
 inside the service goes to the log, never into a body.
+
+Storage raises its own errors (``storage_errors.py``, no HTTP there); each
+is answered here with the problem of its HTTP status.  Storage imports the
+errors of this module too (``conditional``), so it imports no Flask (its
+handlers import it when they run).
 """
 
 import logging
@@ -24,33 +29,21 @@ from werkzeug.exceptions import (
 )
 from werkzeug.http import HTTP_STATUS_CODES
 
-from . import jsonio, metrics, requestid
+from . import jsonio, metrics
+from .storage_errors import (
+    AgentOutOfScope,
+    CursorGone,
+    KeyInFlight,
+    SessionNotFound,
+    StatusConflict,
+    StorageError,
+    VersionMismatch,
+    WaitingFull,
+)
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_MIMETYPE = "application/problem+json"
-
-
-class SessionNotFound(NotFound):
-    def __init__(self, session_id):
-        super().__init__(f"No session has the id {session_id!r}.")
-
-
-class AgentOutOfScope(Forbidden):
-    """A scoped token asked to create a session for an agent outside its scope."""
-
-    def __init__(self, agent_id):
-        super().__init__(f"This token may not act for the agent {agent_id!r}.")
-        self.errors = {"agent_id": ["Not an agent this token may act for."]}
-
-
-class StatusConflict(Conflict):
-    def __init__(self, current, new=None, message=False):
-        if message:
-            detail = f"The session is {current}, and a {current} session takes no messages."
-        else:
-            detail = f"The session is {current} and cannot move to {new}."
-        super().__init__(detail)
 
 
 class InvalidBody(BadRequest):
@@ -59,14 +52,6 @@ class InvalidBody(BadRequest):
 
 class InvalidHeader(BadRequest):
     """A header of the request is malformed (an ``If-Match`` that lists no tag, say)."""
-
-
-class VersionMismatch(PreconditionFailed):
-    def __init__(self, version):
-        super().__init__(
-            f'The session is at version {version} (ETag "{version}"), which If-Match '
-            "does not name: read it again and retry."
-        )
 
 
 class NotModified(HTTPException):
@@ -86,43 +71,12 @@ class NotModified(HTTPException):
         return response
 
 
-class KeyInFlight(Conflict):
-    description = (
-        "A request with this Idempotency-Key is still being handled; retry it "
-        "shortly to get its answer."
-    )
-
-
 class KeyReused(UnprocessableEntity):
     description = "This Idempotency-Key was used for a different request."
 
     def __init__(self, header):
         super().__init__()
         self.errors = {header: ["Used for a different request (another body or session)."]}
-
-
-class CursorGone(Gone):
-    description = (
-        "Changes after this cursor are no longer kept (CHANGES_RETENTION_SECONDS), so some "
-        "may be lost: list the sessions again, then follow the feed from cursor=latest."
-    )
-
-
-class CursorUnknown(ValidationError):
-    """A feed position past every change recorded: not one the service issued (422)."""
-
-    def __init__(self, name):
-        super().__init__({name: ["Not a cursor this service issued."]})
-
-
-class WaitingFull(ServiceUnavailable):
-    description = (
-        "This server cannot hold another waiting request or stream right now; retry later."
-    )
-
-    def __init__(self, kind):
-        super().__init__()
-        self.kind = kind
 
 
 class DatabaseUnavailable(ServiceUnavailable):
@@ -140,6 +94,8 @@ def problem_body(status, detail, **extra):
     }
     # The request id names this occurrence: the same id is in the response's
     # X-Request-ID header and in every log line of the request.
+    from . import requestid  # Flask: storage imports this module without it
+
     instance = requestid.current()
     if instance:
         body["instance"] = instance
@@ -165,6 +121,24 @@ def handle_validation_error(exc):
     )
 
 
+#: Storage's errors, as the HTTP errors whose problems answer them.
+_AS_HTTP = {
+    SessionNotFound: NotFound,
+    AgentOutOfScope: Forbidden,
+    StatusConflict: Conflict,
+    VersionMismatch: PreconditionFailed,
+    KeyInFlight: Conflict,
+    CursorGone: Gone,
+    WaitingFull: ServiceUnavailable,
+}
+
+
+def handle_storage_error(exc):
+    """Answer an error of storage's with its problem, its message the ``detail``."""
+    extra = {"errors": exc.errors} if hasattr(exc, "errors") else {}
+    return handle_http_exception(_AS_HTTP[type(exc)](str(exc)), **extra)
+
+
 def handle_database_error(exc):
     """Answer 503 with Retry-After when the database cannot be reached or is busy."""
     from flask import current_app, request
@@ -181,7 +155,7 @@ def handle_waiting_full(exc):
     from flask import current_app
 
     metrics.WAITING_REFUSED.labels(exc.kind).inc()
-    response = handle_http_exception(exc)
+    response = handle_http_exception(ServiceUnavailable(str(exc)))
     response.headers["Retry-After"] = str(current_app.config["RETRY_AFTER_SECONDS"])
     return response
 
@@ -209,6 +183,7 @@ def init_app(app):
     app.register_error_handler(ValidationError, handle_validation_error)
     for exc_class in (OperationalError, InterfaceError, MaxConnectionsExceeded):
         app.register_error_handler(exc_class, handle_database_error)
+    app.register_error_handler(StorageError, handle_storage_error)
     app.register_error_handler(WaitingFull, handle_waiting_full)
     app.register_error_handler(InternalServerError, handle_unexpected_error)
     app.register_error_handler(NotModified, NotModified.get_response)

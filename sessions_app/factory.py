@@ -1,12 +1,15 @@
 """The Flask app, built by named steps (``sessions_app.create_app`` calls this)."""
 
+import orjson
 from flask import Flask
+from flask.json.provider import JSONProvider
 
 from . import (
     auth,
     config,
     db,
     errors,
+    feed,
     health,
     logs,
     metrics,
@@ -18,7 +21,24 @@ from . import (
     retention,
     views,
 )
-from .jsonio import OrjsonProvider
+
+
+class OrjsonProvider(JSONProvider):
+    """Flask's JSON provider backed by orjson."""
+
+    mimetype = "application/json"
+
+    def dumps(self, obj, **kwargs):
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
+
+    def loads(self, s, **kwargs):
+        return orjson.loads(s)
+
+    def response(self, *args, **kwargs):
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(
+            orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS), mimetype=self.mimetype
+        )
 
 
 class SessionsFlask(Flask):
@@ -39,6 +59,7 @@ def create_app(mapping=None):
     auth.init_app(app)
     proxy.init_app(app)
     db.init_app(app)
+    feed.init_app(app)  # after db: its settings go with the database bound
     migrations.init_app(app)
     errors.init_app(app)
     app.register_blueprint(views.bp)

@@ -6,7 +6,11 @@ import re
 from marshmallow import ValidationError, fields, validate
 
 from . import containment, jsonio
+from .paging import NOT_ISSUED
 from .timefmt import NOT_RFC3339, format_us, parse_rfc3339_us
+
+#: A change's seq as text: a Python and a JSON Schema pattern (a feed cursor, an event id).
+SEQ_PATTERN = r"0|[1-9][0-9]{0,17}"
 
 #: How deep ``data`` may nest; deeper documents are refused, not truncated.
 MAX_JSON_DEPTH = 100
@@ -101,8 +105,8 @@ class QueryInt(fields.Integer):
 class FeedCursor(fields.Field):
     """A position in the change feed: ``latest`` or a change's seq, as text."""
 
-    default_error_messages = {"invalid": "Not a cursor this service issued."}
-    _digits = re.compile(r"0|[1-9][0-9]{0,17}").fullmatch
+    default_error_messages = {"invalid": NOT_ISSUED}
+    _digits = re.compile(SEQ_PATTERN).fullmatch
 
     def __init__(self, latest, **kwargs):
         super().__init__(**kwargs)

@@ -6,42 +6,24 @@ key, with a fingerprint of the request; a request that fails rolls back and
 stores nothing.  A later request with the key gets that answer again,
 untouched by what happened to the session since, and writes nothing.
 
-A key still being handled is told apart by the database:
-
-- PostgreSQL (many workers and hosts at once): the transaction first takes
-  a transaction-level advisory lock named by the key, without waiting; a
-  request that cannot take it is a 409.  The lock is let go at COMMIT, after
-  the answer is visible, so the next request with the key finds it.
-- SQLite (the processes of one host): writers take turns (``db.WriterQueue``),
-  so no transaction ever sees another's half done.  A request holds its key
-  from before it queues for the write lock until its transaction ends: in
-  its process, in a set of keys; across processes, as a ``lockf`` lock on
-  one byte of ``<database>.keys-lock`` named by the key (the kernel lets go
-  of it if the process dies).  A request that finds its key held is a 409.
-
-Keys are kept ``IDEMPOTENCY_TTL_SECONDS``; each stored key deletes a few
-expired ones, oldest first, so the table does not grow without bound.
+This module is the request's side: the header, the fingerprint, the answer
+made and replayed.  Holding a key and storing its answer (a key still being
+handled is a 409) are ``idempotency_keys.py``, which imports no Flask.
+Keys are kept ``IDEMPOTENCY_TTL_SECONDS``.
 """
 
-import fcntl
 import hashlib
 import logging
-import os
 import re
-import threading
-import weakref
-from contextlib import contextmanager, nullcontext
 
 from flask import current_app, request
 from marshmallow import ValidationError
-from peewee import PostgresqlDatabase, Tuple
 
 from . import auth, jsonio
+from . import idempotency_keys as keys
 from .conditional import ETAG, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED
 from .db import connected, database
-from .errors import KeyInFlight, KeyReused
-from .models import IdempotencyKey
-from .prepared import Prepared
+from .errors import KeyReused
 from .timefmt import now_us
 
 logger = logging.getLogger(__name__)
@@ -50,11 +32,6 @@ logger = logging.getLogger(__name__)
 KEY_PATTERN = r"^[!-~]{1,255}$"
 _KEY = re.compile(KEY_PATTERN)
 BAD_KEY = "Must be 1 to 255 printable ASCII characters, without spaces."
-#: One stored key in PURGE_EVERY (chosen by the key's number) deletes up to
-#: PURGE_BATCH expired keys, oldest first: several times the keys stored
-#: meanwhile, at one statement in eight stores instead of one in each.
-PURGE_EVERY = 8
-PURGE_BATCH = 100
 
 
 def load_key():
@@ -85,14 +62,14 @@ def once(key, body, act):
     """
     if key is None:
         return act()
-    scope, signed, now = auth.caller(), fingerprint(body), now_us()
-    with _held(scope, key), connected(), database.transaction():
-        stored = _claim(scope, key, now)
+    scope, signed, now, ttl_us = auth.caller(), fingerprint(body), now_us(), _ttl_us()
+    with keys.held(scope, key), connected(), database.transaction():
+        stored = keys.claim(scope, key, now, ttl_us)
         if stored is not None:
             return _replay(stored, signed)
         response = current_app.make_response(act())
         if response.status_code == 201:
-            _store(scope, key, signed, response, now)
+            _store(scope, key, signed, response, now, ttl_us)
     return response
 
 
@@ -108,114 +85,17 @@ def once_in_steps(key, body, act):
     """
     if key is None:
         return act()
-    scope, signed = auth.caller(), fingerprint(body)
-    with _held(scope, key), connected(), _held_in_session(scope, key):
+    scope, signed, ttl_us = auth.caller(), fingerprint(body), _ttl_us()
+    with keys.held(scope, key), connected(), keys.held_in_session(scope, key):
         with database.transaction():
-            stored = _claim(scope, key, now_us())
+            stored = keys.claim(scope, key, now_us(), ttl_us)
         if stored is not None:
             return _replay(stored, signed)
         response = current_app.make_response(act())
         if response.status_code < 300:
             with database.transaction():
-                _store(scope, key, signed, response, now_us())
+                _store(scope, key, signed, response, now_us(), ttl_us)
     return response
-
-
-@contextmanager
-def _held_in_session(scope, key):
-    if not isinstance(database.obj, PostgresqlDatabase):
-        yield  # _held holds it
-        return
-    number = lock_id(scope, key)
-    if not database.execute_sql("SELECT pg_try_advisory_lock(%s)", (number,)).fetchone()[0]:
-        raise KeyInFlight()
-    try:
-        yield
-    finally:
-        database.execute_sql("SELECT pg_advisory_unlock(%s)", (number,))
-
-
-def lock_id(scope, key):
-    """Return the 64-bit number naming a caller's key (its advisory lock, its locked byte)."""
-    digest = hashlib.sha256(f"idempotency\0{scope}\0{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _held(scope, key):
-    """Hold the key while the request is handled, on SQLite (see the module's docstring)."""
-    if isinstance(database.obj, PostgresqlDatabase):
-        return nullcontext()  # _claim takes the key's advisory lock
-    with _sqlite_keys_guard:  # one KeysInFlight per database, whichever thread comes first
-        if database.obj not in _sqlite_keys:
-            path = database.obj.database
-            in_memory = path == ":memory:" or path.startswith("file::memory:")
-            _sqlite_keys[database.obj] = KeysInFlight(None if in_memory else f"{path}.keys-lock")
-        keys = _sqlite_keys[database.obj]
-    return keys.hold(lock_id(scope, key))
-
-
-class KeysInFlight:
-    """Keys being handled by this host's processes; a second holder gets ``KeyInFlight``.
-
-    Threads of a process see each other's keys in a set; processes see them
-    as ``lockf`` locks on one byte each of ``path`` (at the key's number), a
-    file opened once per process.  POSIX record locks belong to the process,
-    so the set keeps its threads from sharing one.
-    """
-
-    def __init__(self, path):
-        self.path = path
-        self._keys, self._guard = set(), threading.Lock()
-        self._fd, self._pid = None, None
-
-    @contextmanager
-    def hold(self, number):
-        with self._guard:
-            if number in self._keys:
-                raise KeyInFlight()
-            self._keys.add(number)
-        try:
-            with self._locked(number & (2**62 - 1)):
-                yield
-        finally:
-            with self._guard:
-                self._keys.discard(number)
-
-    @contextmanager
-    def _locked(self, offset):
-        if self.path is None:
-            yield
-            return
-        if self._pid != os.getpid():
-            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-            self._fd, self._pid = os.open(self.path, flags, 0o660), os.getpid()
-        try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
-        except OSError:
-            raise KeyInFlight() from None
-        try:
-            yield
-        finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset)
-
-
-_sqlite_keys = weakref.WeakKeyDictionary()  # database -> KeysInFlight
-_sqlite_keys_guard = threading.Lock()
-
-
-def _claim(scope, key, now):
-    """Make the key this transaction's; return its stored answer, if it has one."""
-    if isinstance(database.obj, PostgresqlDatabase):
-        lock = "SELECT pg_try_advisory_xact_lock(%s)"
-        if not database.execute_sql(lock, (lock_id(scope, key),)).fetchone()[0]:
-            raise KeyInFlight()
-    rows = _stored.rows(scope=scope, key=key)
-    if not rows:
-        return None
-    if rows[0]["created_at"] < now - _ttl_us():
-        _forget.execute(scope=scope, key=key)  # expired: the key is free again
-        return None
-    return rows[0]
 
 
 def _replay(stored, signed):
@@ -232,72 +112,15 @@ def _replay(stored, signed):
     )
 
 
-def _store(scope, key, signed, response, now):
-    _insert.execute(
-        scope=scope,
-        key=key,
-        fingerprint=signed,
-        status=response.status_code,
-        body=response.get_data(as_text=True),
-        location=response.headers.get("Location"),
-        etag=response.headers.get(ETAG),
-        created_at=now,
+def _store(scope, key, signed, response, now, ttl_us):
+    answer = (
+        response.status_code,
+        response.get_data(as_text=True),
+        response.headers.get("Location"),
+        response.headers.get(ETAG),
     )
-    if lock_id(scope, key) % PURGE_EVERY == 0:
-        _purge.execute(before=now - _ttl_us())
-
-
-def count_expired(before):
-    """Return how many stored keys are older than ``before`` (microseconds)."""
-    return IdempotencyKey.select().where(IdempotencyKey.created_at < before).count()
-
-
-def forget_expired(before):
-    """Delete up to ``PURGE_BATCH`` keys older than ``before``, oldest first; return how many."""
-    with database.atomic():
-        return _purge.execute(before=before).rowcount
+    keys.store(scope, key, signed, answer, now, ttl_us)
 
 
 def _ttl_us():
     return current_app.config["IDEMPOTENCY_TTL_SECONDS"] * 1_000_000
-
-
-# -- the statements, generated once per database (see prepared.py) -----------
-# Unscoped: keys belong to a caller (its token), not to an agent.
-
-_stored = Prepared(
-    lambda scope, key: IdempotencyKey.select().where(
-        (IdempotencyKey.scope == scope) & (IdempotencyKey.key == key)
-    ),
-    unscoped=True,
-)
-
-_forget = Prepared(
-    lambda scope, key: IdempotencyKey.delete().where(
-        (IdempotencyKey.scope == scope) & (IdempotencyKey.key == key)
-    ),
-    unscoped=True,
-)
-
-# A value left None (no Location, no ETag) is left out: the column is NULL.
-_insert = Prepared(lambda **row: IdempotencyKey.insert(**row), unscoped=True)
-
-
-def _expired(before):
-    query = (
-        IdempotencyKey.select(IdempotencyKey.scope, IdempotencyKey.key)
-        .where(IdempotencyKey.created_at < before)
-        .order_by(IdempotencyKey.created_at)
-        .limit(PURGE_BATCH)
-    )
-    # Two writers purging at once on PostgreSQL take different rows instead
-    # of waiting on (or deadlocking over) the same ones.
-    return query.for_update(skip_locked=True) if database.for_update else query
-
-
-_purge = Prepared(
-    lambda before: IdempotencyKey.delete().where(
-        Tuple(IdempotencyKey.scope, IdempotencyKey.key).in_(_expired(before))
-    ),
-    unscoped=True,
-)

@@ -1,9 +1,8 @@
-"""JSON in and out: strict parsing of request bodies, orjson for responses."""
+"""JSON in and out: strict parsing of request bodies, orjson for responses (no Flask here)."""
 
 import json
 
 import orjson
-from flask.json.provider import JSONProvider
 
 
 class BodyError(ValueError):
@@ -58,21 +57,3 @@ def dumps(obj):
 def canonical(obj):
     """Serialize ``obj`` with sorted keys, so equal documents give equal bytes."""
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
-
-
-class OrjsonProvider(JSONProvider):
-    """Flask's JSON provider backed by orjson."""
-
-    mimetype = "application/json"
-
-    def dumps(self, obj, **kwargs):
-        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
-
-    def loads(self, s, **kwargs):
-        return orjson.loads(s)
-
-    def response(self, *args, **kwargs):
-        obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(
-            orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS), mimetype=self.mimetype
-        )

@@ -6,11 +6,13 @@ at start) each worker writes its numbers to files there and ``/metrics``
 adds them up, whichever worker answers.  Without it (``flask run``, tests)
 the numbers live in the one process.  Every metric has labels, so none
 writes a file before a worker first counts something.
+
+Storage counts here too (messages stored, waiting slots), so Flask is
+imported by ``init_app`` only.
 """
 
 import os
 
-from flask import Blueprint, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -21,10 +23,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-
-from . import requestlog
-
-bp = Blueprint("metrics", __name__)
 
 REQUESTS = Counter(
     "sessions_http_requests",
@@ -83,16 +81,6 @@ _UNMATCHED = "(unmatched)"
 _NO_TOKEN = "(none)"
 
 
-def _count(response):
-    method = request.method if request.method in _METHODS else "OTHER"
-    route = request.url_rule.rule if request.url_rule else _UNMATCHED
-    REQUESTS.labels(method, route, str(response.status_code)).inc()
-    # Names come from the configuration (auth sets them), never from the client.
-    REQUESTS_BY_TOKEN.labels(g.get("token_name") or _NO_TOKEN).inc()
-    LATENCY.labels(method, route).observe(requestlog.elapsed())
-    return response
-
-
 def _registry():
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
@@ -101,12 +89,26 @@ def _registry():
     return REGISTRY
 
 
-@bp.get("/metrics")
-def scrape():
-    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
-
-
 def init_app(app):
     """Count and time every request, and serve ``/metrics``."""
+    from flask import Blueprint, Response, g, request
+
+    from . import requestlog
+
+    def _count(response):
+        method = request.method if request.method in _METHODS else "OTHER"
+        route = request.url_rule.rule if request.url_rule else _UNMATCHED
+        REQUESTS.labels(method, route, str(response.status_code)).inc()
+        # Names come from the configuration (auth sets them), never from the client.
+        REQUESTS_BY_TOKEN.labels(g.get("token_name") or _NO_TOKEN).inc()
+        LATENCY.labels(method, route).observe(requestlog.elapsed())
+        return response
+
+    bp = Blueprint("metrics", __name__)
+
+    @bp.get("/metrics")
+    def scrape():
+        return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+
     app.after_request(_count)
     app.register_blueprint(bp)

@@ -33,15 +33,16 @@ from peewee import (
     fn,
 )
 
-from . import changes, containment, feed, jsonio, metrics, scoping
+from . import containment, feed, jsonio, metrics, scoping
 from .conditional import check_if_match
 from .db import connected, database
-from .errors import SessionNotFound, StatusConflict
+from .feed import kinds
 from .ids import first_session_id, last_session_id, new_message_id, new_session_id
 from .merge_patch import merge_patch
 from .paging import ORDERS, SORTS
 from .prepared import Prepared
 from .states import ACTIVE, CREATED, FINAL_STATUSES, MESSAGE_STATUS, STATUSES, can_move
+from .storage_errors import SessionNotFound, StatusConflict
 from .timefmt import now_us
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class Session(BaseModel):
         values = {**row, "data": cls.data.db_value(row["data"])}
         with database.transaction():
             _store_session.execute(**values)
-            feed.record(changes.SESSION_CREATED, row, now)
+            feed.record(kinds.SESSION_CREATED, row, now)
         logger.debug("Created session %s for agent %s", row["id"], agent_id)
         return row
 
@@ -275,7 +276,8 @@ class Session(BaseModel):
         logger.debug("Deleted session %s (%d messages)", session_id, deleted[0]["message_count"])
 
 
-_TOMBSTONE_FIELDS = (
+#: What a deleted session leaves for its tombstone (with its id), and its message count.
+TOMBSTONE_FIELDS = (
     Session.agent_id,
     Session.task_id,
     Session.status,
@@ -307,24 +309,24 @@ def write_changes(rows, changed, now):
     versions = dict(query.tuples().execute())
     for row in rows:
         row.update(changed, last_active=now, version=versions[row["id"]])
-    return [name for name in changes.UPDATABLE if name in changed]
+    return [name for name in kinds.UPDATABLE if name in changed]
 
 
 def record_updates(rows, fields, now):
     """Append the ``session.updated`` change of each of ``rows`` to the feed."""
-    feed.record_many(changes.SESSION_UPDATED, rows, now, changed=fields)
+    feed.record_many(kinds.SESSION_UPDATED, rows, now, changed=fields)
 
 
 def delete_rows(ids):
     """Delete sessions and their messages; return the tombstones' fields of those there were."""
     query = scoping.restrict(Session.delete().where(Session.id.in_(ids)), Session.agent_id)
-    query = query.returning(Session.id, *_TOMBSTONE_FIELDS)
+    query = query.returning(Session.id, *TOMBSTONE_FIELDS)
     return list(query.dicts().execute())
 
 
 def record_tombstones(tombstones, now):
     """Append deleted sessions' tombstones (reason ``deleted``) to the feed."""
-    feed.record_many(changes.SESSION_DELETED, tombstones, now, reason=changes.DELETED)
+    feed.record_many(kinds.SESSION_DELETED, tombstones, now, reason=kinds.DELETED)
 
 
 def _changes(row, patch):
@@ -384,7 +386,7 @@ class Message(BaseModel):
                 content=content,
                 timestamp=now,
             )
-            feed.record(changes.MESSAGE_CREATED, session, now, message_id=message_id, role=role)
+            feed.record(kinds.MESSAGE_CREATED, session, now, message_id=message_id, role=role)
         metrics.MESSAGES_STORED.labels(role).inc()
         return {
             "message_id": message_id,
@@ -585,28 +587,3 @@ def _message_page_query(order, session_id, limit, cursor=None):
 
 
 _message_pages = {order: Prepared(partial(_message_page_query, order)) for order in ORDERS}
-
-
-class IdempotencyKey(BaseModel):
-    """The answer given to a request sent with an ``Idempotency-Key`` (idempotency.py).
-
-    Keyed by the caller (a hash of its token, "" without tokens) and the key;
-    ``created_at`` is indexed so that expired keys are found oldest first.
-    No foreign key: the answer outlives the session it created.
-    """
-
-    scope = CharField(max_length=32)
-    key = CharField(max_length=255)
-    fingerprint = CharField(max_length=64)
-    status = IntegerField()
-    body = TextField()
-    location = TextField(null=True)
-    etag = CharField(max_length=32, null=True)
-    created_at = BigIntegerField(index=True)
-
-    class Meta:
-        table_name = "idempotency_keys"
-        primary_key = CompositeKey("scope", "key")
-
-
-MODELS = (Session, Message, IdempotencyKey, *feed.MODELS)

@@ -18,6 +18,9 @@ import re
 
 from .ids import SESSION_ID_PATTERN
 
+#: What a client is told of a cursor (or feed position) it cannot have been given.
+NOT_ISSUED = "Not a cursor this service issued."
+
 SORTS = ("created_at", "last_active")
 ORDERS = ("desc", "asc")
 
@@ -69,7 +72,7 @@ def session_position(cursor, sort, order):
     text = _decode(cursor)
     match = text is not None and _POSITION(text)
     if not match:
-        raise CursorError("Not a cursor this service issued.")
+        raise CursorError(NOT_ISSUED)
     issued_for = (
         {"c": "created_at", "l": "last_active"}[match["sort"]],
         {"d": "desc", "a": "asc"}[match["order"]],
@@ -78,7 +81,7 @@ def session_position(cursor, sort, order):
     if (at is None) != (issued_for[0] == "created_at") or (
         at is not None and not _INT64[0] <= int(at) <= _INT64[1]
     ):
-        raise CursorError("Not a cursor this service issued.")
+        raise CursorError(NOT_ISSUED)
     if issued_for != (sort, order):
         raise CursorError(
             f"This cursor continues a list with sort={issued_for[0]}&order={issued_for[1]}."

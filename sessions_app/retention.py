@@ -27,9 +27,10 @@ from flask.cli import with_appcontext
 from peewee import SQL, fn
 from prometheus_client import values
 
-from . import changes, feed, idempotency, metrics
+from . import feed, idempotency_keys, metrics
 from .db import database, describe
-from .models import Session
+from .feed import kinds
+from .models import TOMBSTONE_FIELDS, Session
 from .states import FINAL_STATUSES
 from .timefmt import format_us, now_us
 
@@ -90,29 +91,21 @@ def next_batch(cutoff, size=DEFAULT_BATCH, messages=DEFAULT_BATCH_MESSAGES):
 def delete_expired(cutoff, ids):
     """Delete those of the sessions ``ids`` still expired, with their messages, in one transaction.
 
-    Return the deleted sessions (``id``, ``agent_id``, ``task_id``,
-    ``status``, ``version``, ``message_count``), whose ``session.deleted``
-    tombstones (reason ``expired``) are recorded in the same transaction.
+    Return the deleted sessions (``id`` and ``models.TOMBSTONE_FIELDS``), whose
+    ``session.deleted`` tombstones (reason ``expired``) are recorded in the same transaction.
     """
     # The expiry is checked again in the DELETE: a session changed since it
     # was picked (a PATCH of its data moves last_active) stays.
     query = (
         Session.delete()
         .where(Session.id.in_(ids) & _expired(cutoff))
-        .returning(
-            Session.id,
-            Session.agent_id,
-            Session.task_id,
-            Session.status,
-            Session.version,
-            Session.message_count,
-        )
+        .returning(Session.id, *TOMBSTONE_FIELDS)
     )
     with database.atomic():
         deleted = list(query.dicts().execute())
         now = now_us()
         for row in deleted:
-            feed.record(changes.SESSION_DELETED, row, now, reason=changes.EXPIRED)
+            feed.record(kinds.SESSION_DELETED, row, now, reason=kinds.EXPIRED)
     return deleted
 
 
@@ -150,19 +143,12 @@ def prune_keys(before, pause=MIN_PAUSE):
     total = 0
     while True:
         started = time.monotonic()
-        deleted = idempotency.forget_expired(before)
+        deleted = idempotency_keys.forget_expired(before)
         if not deleted:
             return total
         total += deleted
         metrics.PRUNED.labels("keys").inc(deleted)
         _rest(pause, time.monotonic() - started)
-
-
-def prune_changes(before, pause=MIN_PAUSE):
-    """Remove the changes recorded before ``before``, batch by batch; return how many."""
-    removed = feed.remove_older_than(before, rest=lambda took: _rest(pause, took))
-    metrics.PRUNED.labels("changes").inc(removed)
-    return removed
 
 
 def _rest(pause, took):
@@ -181,14 +167,15 @@ def prune(config, dry_run=False, now=None, **batching):
     keys_before = now - config["IDEMPOTENCY_TTL_SECONDS"] * 1_000_000
     changes_before = feed.retention_cutoff(config["CHANGES_RETENTION_SECONDS"], now)
     if dry_run:
-        totals.keys = idempotency.count_expired(keys_before)
+        totals.keys = idempotency_keys.count_expired(keys_before)
         totals.changes = feed.count_older_than(changes_before)
         logger.info(
             "Dry run: would forget %d idempotency keys and %d changes", totals.keys, totals.changes
         )
     else:
-        totals.keys = prune_keys(keys_before, batching.get("pause", MIN_PAUSE))
-        totals.changes = prune_changes(changes_before, batching.get("pause", MIN_PAUSE))
+        pause = batching.get("pause", MIN_PAUSE)
+        totals.keys = prune_keys(keys_before, pause)
+        totals.changes = feed.prune_changes(changes_before, rest=lambda took: _rest(pause, took))
         logger.info("Pruned %s", totals.describe())
     return totals
 

@@ -13,8 +13,9 @@ from marshmallow import (
     validates_schema,
 )
 
-from . import changes, states
+from . import states
 from .dumping import dumper
+from .feed import kinds
 from .fields import (
     CommaList,
     DataFilterField,
@@ -29,7 +30,7 @@ from .fields import (
     Timestamp,
 )
 from .ids import MESSAGE_ID_PATTERN, SESSION_ID_PATTERN
-from .paging import ORDERS, SORTS, CursorError, session_position
+from .paging import NOT_ISSUED, ORDERS, SORTS, CursorError, session_position
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -37,7 +38,6 @@ BULK_MAX_LIMIT = 10_000
 BULK_DEFAULT_LIMIT = 1000
 _limit = {"load_default": DEFAULT_LIMIT, "validate": validate.Range(1, MAX_LIMIT)}
 _name = {"validate": validate.Length(1, 255)}
-_not_issued = "Not a cursor this service issued."
 MAX_WAIT = 60
 _wait = {"load_default": 0, "validate": validate.Range(0, MAX_WAIT)}
 
@@ -231,7 +231,7 @@ class MessageListQuerySchema(Schema):
         **_about("asc: oldest first; desc: newest first (the last messages)."),
     )
     cursor = QueryInt(
-        validate=validate.Range(0, 2**31 - 1, error=_not_issued),
+        validate=validate.Range(0, 2**31 - 1, error=NOT_ISSUED),
         **_about(
             "The next_cursor of the previous page; it continues in the same order "
             "(0: before the first message)."
@@ -248,7 +248,7 @@ class MessageListQuerySchema(Schema):
 
 class ChangeListQuerySchema(Schema):
     cursor = FeedCursor(
-        changes.LATEST,
+        kinds.LATEST,
         **_about(
             "A previous next_cursor, a change's seq, or latest (from now on); "
             "without it the feed starts at the oldest change kept."
@@ -261,7 +261,7 @@ class ChangeListQuerySchema(Schema):
         validate=validate.Length(max=255), **_about("Only changes of this task's sessions.")
     )
     types = CommaList(
-        changes.TYPES,
+        kinds.TYPES,
         data_key="type",
         **_about("Only changes of this type, or of any of several."),
     )
@@ -357,7 +357,7 @@ class BulkResultSchema(Schema):
 
 class ChangeSchema(Schema):
     seq = fields.Integer()
-    type = fields.String(validate=validate.OneOf(changes.TYPES))
+    type = fields.String(validate=validate.OneOf(kinds.TYPES))
     session_id = fields.String(**_session_id)
     agent_id = fields.String()
     task_id = fields.String(allow_none=True)
@@ -367,17 +367,17 @@ class ChangeSchema(Schema):
     # Only in some types of change (openapi.py leaves them out of "required").
     message_id = fields.String(
         validate=validate.Regexp(f"^{MESSAGE_ID_PATTERN}$"),
-        metadata={"only_in": changes.MESSAGE_CREATED},
+        metadata={"only_in": kinds.MESSAGE_CREATED},
     )
     role = fields.String(
-        validate=validate.OneOf(states.ROLES), metadata={"only_in": changes.MESSAGE_CREATED}
+        validate=validate.OneOf(states.ROLES), metadata={"only_in": kinds.MESSAGE_CREATED}
     )
     changed = fields.List(
-        fields.String(validate=validate.OneOf(changes.UPDATABLE)),
-        metadata={"only_in": changes.SESSION_UPDATED},
+        fields.String(validate=validate.OneOf(kinds.UPDATABLE)),
+        metadata={"only_in": kinds.SESSION_UPDATED},
     )
     reason = fields.String(
-        validate=validate.OneOf(changes.REASONS), metadata={"only_in": changes.SESSION_DELETED}
+        validate=validate.OneOf(kinds.REASONS), metadata={"only_in": kinds.SESSION_DELETED}
     )
 
 

@@ -23,7 +23,7 @@ from contextvars import ContextVar
 from peewee import PostgresqlDatabase, fn
 
 from .db import database
-from .errors import AgentOutOfScope
+from .storage_errors import AgentOutOfScope
 
 _current = ContextVar("sessions_app.scope", default=None)
 

@@ -2,18 +2,19 @@
 
 from functools import partial
 
-from flask import Blueprint, current_app, url_for
+from flask import Blueprint, current_app, request, url_for
 from werkzeug.routing import BaseConverter
 
-from . import bulk, changes, feed, idempotency, sse
+from . import bulk, feed, idempotency
 from .conditional import (
     ETAG,
     IF_MATCH,
     IF_NONE_MATCH,
     check_if_none_match,
     etag,
-    request_tags,
+    header_tags,
 )
+from .feed import kinds, stream
 from .ids import SESSION_ID_PATTERN
 from .models import Message, Session
 from .paging import cut_page, session_cursor
@@ -104,7 +105,7 @@ def _created(session):
 @bp.get("/sessions/<session_id:session_id>")
 def get_session(session_id):
     load_query(no_query_schema)
-    if_none_match = request_tags(IF_NONE_MATCH)
+    if_none_match = header_tags(IF_NONE_MATCH, request.headers.get(IF_NONE_MATCH))
     if if_none_match is not None:
         # The version alone decides a 304: no data read, parsed or dumped.
         check_if_none_match(if_none_match, Session.version_of(session_id))
@@ -114,7 +115,7 @@ def get_session(session_id):
 @bp.patch("/sessions/<session_id:session_id>")
 def update_session(session_id):
     load_query(no_query_schema)
-    if_match = request_tags(IF_MATCH)
+    if_match = header_tags(IF_MATCH, request.headers.get(IF_MATCH))
     patch = load_json(session_update_schema)
     return _dump_with_tag(Session.change(session_id, patch, if_match))
 
@@ -122,7 +123,7 @@ def update_session(session_id):
 @bp.delete("/sessions/<session_id:session_id>")
 def delete_session(session_id):
     load_query(no_query_schema)
-    Session.remove(session_id, request_tags(IF_MATCH))
+    Session.remove(session_id, header_tags(IF_MATCH, request.headers.get(IF_MATCH)))
     return _no_content()
 
 
@@ -156,7 +157,10 @@ def list_messages(session_id):
     query = load_query(message_list_query_schema)
     cursor, limit, order, wait = (query.get(k) for k in ("cursor", "limit", "order", "wait"))
     rows = feed.wait_for_session(
-        session_id, lambda: Message.page(session_id, limit, cursor, order), wait, sse.client_gone()
+        session_id,
+        lambda: Message.page(session_id, limit, cursor, order),
+        wait,
+        feed.client_gone(request.environ),
     )
     messages, next_cursor = cut_page(rows, limit, lambda row: str(row["seq"]))
     if wait is not None and next_cursor is None:
@@ -168,28 +172,30 @@ def list_messages(session_id):
 @bp.get("/changes")
 def list_changes():
     query = load_query(change_list_query_schema)
-    if sse.wanted():
+    if stream.wanted(request.accept_mimetypes):
         return _change_stream(query)
-    changes, next_position = feed.read(**query, gone=sse.client_gone())
+    changes, next_position = feed.read(**query, gone=feed.client_gone(request.environ))
     return dump_change_list({"changes": changes, "next_cursor": str(next_position)})
 
 
 def _change_stream(query):
     config = current_app.config
-    last_event_id = sse.last_event_id()
+    last_event_id = stream.event_id(request.headers.get(stream.LAST_EVENT_ID))
     # A stream has no pages and never times out: limit and wait do not apply.
     del query["limit"], query["wait"]
-    cursor = query.pop("cursor", changes.LATEST)
+    cursor = query.pop("cursor", kinds.LATEST)
     follower = feed.Follower(
         cursor if last_event_id is None else last_event_id,
         heartbeat=config["STREAM_HEARTBEAT_SECONDS"],
         max_seconds=config["STREAM_MAX_SECONDS"],
-        name="cursor" if last_event_id is None else sse.LAST_EVENT_ID,
-        gone=sse.client_gone(),
+        name="cursor" if last_event_id is None else stream.LAST_EVENT_ID,
+        gone=feed.client_gone(request.environ),
         **query,
     )
-    return sse.response(
+    return stream.response(
         follower,
         lambda change: (change["seq"], change["type"], dump_change(change)),
         until=follower.end,
+        environ=request.environ,
+        response_class=current_app.response_class,
     )

@@ -10,8 +10,9 @@ import psycopg
 import pytest
 from problems import assert_problem, invalid, problem
 
-from sessions_app import create_app, db, idempotency, migrations
-from sessions_app.models import IdempotencyKey, Message, Session
+from sessions_app import create_app, db, idempotency_keys, migrations
+from sessions_app.idempotency_keys import IdempotencyKey
+from sessions_app.models import Message, Session
 
 BAD_KEY = "Must be 1 to 255 printable ASCII characters, without spaces."
 REUSED = problem(
@@ -275,13 +276,13 @@ def keys_that(purge, count):
     chosen = (
         k
         for k in candidates
-        if (idempotency.lock_id("", k) % idempotency.PURGE_EVERY == 0) == purge
+        if (idempotency_keys.lock_id("", k) % idempotency_keys.PURGE_EVERY == 0) == purge
     )
     return [next(chosen) for _ in range(count)]
 
 
 def test_storing_a_key_deletes_a_batch_of_expired_ones_now_and_then(client):
-    batch = idempotency.PURGE_BATCH
+    batch = idempotency_keys.PURGE_BATCH
     for n in range(batch + 5):
         assert create(client, {"agent_id": "a"}, f"old-{n}").status_code == 201
     age_keys(86_401)
@@ -314,7 +315,7 @@ def test_the_ttl_is_a_setting(database_url):
 @contextmanager
 def key_held_elsewhere(database_url, key):
     """Hold ``key`` as a request in another process would, until the block ends."""
-    number = idempotency.lock_id("", key)
+    number = idempotency_keys.lock_id("", key)
     if database_url.startswith("postgres"):
         with psycopg.connect(database_url) as other:
             other.execute("SELECT pg_advisory_xact_lock(%s)", (number,))

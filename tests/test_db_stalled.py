@@ -1,7 +1,7 @@
 """A write transaction that stalls holds up no other writer for long.
 
 PostgreSQL only: writers share no lock (their changes wait in a queue), and
-only the publishing passes take the feed's append lock (``feed._APPEND_LOCK``),
+only the publishing passes take the feed's append lock (``recording._APPEND_LOCK``),
 so a stalled keyed write holds up no one, and the server ends a transaction
 of the service's that sits idle past ``DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS``
 (one holding the append lock would hold the passes up, and so the writers'
@@ -16,7 +16,8 @@ import pytest
 from peewee import InterfaceError, InternalError, OperationalError
 from servers import require
 
-from sessions_app import create_app, db, feed, idempotency, migrations
+from sessions_app import create_app, db, idempotency, migrations
+from sessions_app.feed import recording
 
 URL = os.environ.get("TEST_DATABASE_URL", "")
 require(URL.startswith("postgres"), "TEST_DATABASE_URL does not name a PostgreSQL database")
@@ -87,7 +88,7 @@ def test_a_stalled_transaction_holding_the_append_lock_is_ended_by_the_server(cl
     stalled.connect()
     try:
         stalled.execute_sql("BEGIN")
-        stalled.execute_sql(f"SELECT pg_advisory_xact_lock({feed._APPEND_LOCK})")
+        stalled.execute_sql(f"SELECT pg_advisory_xact_lock({recording._APPEND_LOCK})")
 
         other = app.test_client().post("/api/sessions", json={"agent_id": "other"})
 

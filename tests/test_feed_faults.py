@@ -11,8 +11,10 @@ import time
 import pytest
 from test_feed_stream import open_stream, parse, read_all
 
-from sessions_app import feed, waiting
+from sessions_app import feed
 from sessions_app.db import connected
+from sessions_app.feed import follow, reading
+from sessions_app.feed import hub as waiting
 from sessions_app.timefmt import now_us
 
 
@@ -32,7 +34,7 @@ def until(condition, seconds=5):
 
 def the_subscription(app):
     with app.app_context():
-        hub = feed._hub()
+        hub = feed.current_hub()
     until(lambda: hub.subscriptions)
     return hub, next(iter(hub.subscriptions))
 
@@ -103,7 +105,7 @@ def test_a_stopping_worker_answers_its_long_polls_with_what_was_handed_over(
 def test_a_stream_ends_rather_than_jump_over_changes_prune_removed(
     streaming, api, client, monkeypatch
 ):
-    monkeypatch.setattr(feed, "_STREAM_BATCH", 2)
+    monkeypatch.setattr(follow, "_STREAM_BATCH", 2)
     for n in range(4):
         api.create(agent_id=f"old{n}")
     cutoff = now_us()
@@ -138,7 +140,7 @@ def test_a_stream_that_falls_its_backlog_behind_ends_and_resumes_losing_nothing(
     reader = threading.Thread(target=lambda: first.extend(next(chunks) for _ in range(2)))
     reader.start()
     with streaming.app_context():
-        until(lambda: feed._hub().following)
+        until(lambda: feed.current_hub().following)
     made = [api.create(agent_id="a0")["id"]]
     reader.join()
     made += [api.create(agent_id=f"a{n}")["id"] for n in range(1, 11)]
@@ -150,7 +152,7 @@ def test_a_stream_that_falls_its_backlog_behind_ends_and_resumes_losing_nothing(
     events, comments = parse(rest)
     assert [json.loads(e["data"])["session_id"] for e in events] == made[:4]
     assert comments[-1].startswith("stream closed")
-    assert hub.waiting() == 0
+    assert len(hub.subscriptions) == 0
     streaming.config.update(STREAM_MAX_SECONDS=1)
     resumed = read_all(open_stream(streaming, headers={"Last-Event-ID": events[-1]["id"]}))
     resumed, _ = parse(resumed)
@@ -207,7 +209,7 @@ def test_a_waiter_catching_up_holds_none_of_the_requests_pool(database_url, monk
         start = changes(client, cursor="latest")["next_cursor"]
         for n in range(3):
             assert client.post("/api/sessions", json={"agent_id": f"a{n}"}).status_code == 201
-        original, entered, release = feed.page, threading.Event(), threading.Event()
+        original, entered, release = reading.page, threading.Event(), threading.Event()
 
         def slow_catch_up(*args, **kwargs):
             if threading.current_thread().name == "streamer":
@@ -215,7 +217,7 @@ def test_a_waiter_catching_up_holds_none_of_the_requests_pool(database_url, monk
                 release.wait(10)
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(feed, "page", slow_catch_up)
+        monkeypatch.setattr(reading, "page", slow_catch_up)
         streamer = threading.Thread(
             target=lambda: read_all(open_stream(app, cursor=start)), name="streamer"
         )
@@ -259,7 +261,7 @@ def test_a_change_from_another_process_right_after_a_stream_opens_comes_at_once(
     reader = threading.Thread(target=read_one)
     reader.start()
     with streaming.app_context():
-        hub = feed._hub()
+        hub = feed.current_hub()
     until(lambda: hub.following)
     path = database_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as other:

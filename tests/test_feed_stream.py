@@ -171,11 +171,11 @@ def test_a_closed_stream_gives_its_slot_back(streaming, api):
     api.create()
     response = open_stream(streaming)
     with streaming.app_context():
-        hub = feed._hub()
-        assert hub.waiting() == 1
+        hub = feed.current_hub()
+        assert len(hub.subscriptions) == 1
         next(iter(response.response))
         response.close()
-        assert hub.waiting() == 0
+        assert len(hub.subscriptions) == 0
 
 
 def test_a_full_house_refuses_a_stream_at_once(streaming, api):

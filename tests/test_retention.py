@@ -9,7 +9,8 @@ from prometheus_client import REGISTRY
 
 from sessions_app import db, retention
 from sessions_app.feed import Change
-from sessions_app.models import IdempotencyKey, Message, Session
+from sessions_app.idempotency_keys import IdempotencyKey
+from sessions_app.models import Message, Session
 from sessions_app.timefmt import now_us
 
 HOUR = 3600

@@ -8,9 +8,9 @@ import pytest
 from test_feed_stream import STREAM, parse, read_all
 
 from sessions_app import create_app, db, feed, migrations, scoping, tokenfile
-from sessions_app.errors import SessionNotFound
 from sessions_app.models import Session
 from sessions_app.prepared import Prepared, ScopeMissing
+from sessions_app.storage_errors import SessionNotFound
 
 ALPHA, ALPHA_RO, BETA, ADMIN, ENV = "alpha-token", "alpha-ro-token", "beta-token", "admin", "env"
 TOKENS_TOML = f"""
@@ -252,8 +252,8 @@ def test_a_long_poll_wakes_only_for_the_tokens_agents(scoped_app, world):
     )
     poll.start()
     # Write only once the poll waits: beta's change must be offered to it.
-    hub = feed._hub()
-    while hub.waiting() == 0 and poll.is_alive():
+    hub = feed.current_hub()
+    while len(hub.subscriptions) == 0 and poll.is_alive():
         time.sleep(0.01)
     admin.post(f"/api/sessions/{world['beta']}/message", json={"content": "not for alpha"})
     admin.post(f"/api/sessions/{world['alpha']}/message", json={"content": "for alpha"})

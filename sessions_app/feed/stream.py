@@ -1,4 +1,8 @@
-"""Server-sent events (the WHATWG ``text/event-stream`` format) for the change stream."""
+"""Server-sent events (the WHATWG ``text/event-stream`` format) for the change stream.
+
+The view hands in what it read from the request (``Accept``, ``Last-Event-ID``,
+the WSGI environ) and the response class: no Flask here.
+"""
 
 import contextlib
 import re
@@ -6,34 +10,28 @@ import select
 import socket
 import time
 
-from flask import current_app, request
 from marshmallow import ValidationError
 
-from . import jsonio, waiting
+from .. import jsonio
+from ..fields import SEQ_PATTERN
 
 MIMETYPE = "text/event-stream"
 LAST_EVENT_ID = "Last-Event-ID"
-_event_id = re.compile(r"0|[1-9][0-9]{0,17}").fullmatch
+_event_id = re.compile(SEQ_PATTERN).fullmatch
 
 
-def wanted():
-    """Tell whether the client asks for an event stream rather than JSON."""
-    return request.accept_mimetypes.best_match(["application/json", MIMETYPE]) == MIMETYPE
+def wanted(accept):
+    """Tell whether ``accept`` (the request's ``Accept``) asks for an event stream, not JSON."""
+    return accept.best_match(["application/json", MIMETYPE]) == MIMETYPE
 
 
-def last_event_id():
-    """Return the ``Last-Event-ID`` request header as a seq, None when absent; 422 if malformed."""
-    value = request.headers.get(LAST_EVENT_ID)
+def event_id(value):
+    """Return a ``Last-Event-ID`` header's ``value`` as a seq, None without one; 422 if bad."""
     if value is None:
         return None
     if not _event_id(value):
         raise ValidationError({LAST_EVENT_ID: ["Not an event id this service sent."]})
     return int(value)
-
-
-def client_gone():
-    """Return a function telling whether this request's client has gone."""
-    return waiting.client_gone(request.environ)
 
 
 def event(event_id, name, data):
@@ -56,7 +54,7 @@ def comment(text):
     return b": %s\n\n" % text.encode()
 
 
-def response(source, describe, until):
+def response(source, describe, until, environ, response_class):
     """Stream ``source`` (items, or an int position for a heartbeat) as events ``describe`` makes.
 
     The headers and a first comment go out at once, so the client knows the
@@ -64,8 +62,9 @@ def response(source, describe, until):
     it ends.  A client that stops reading cannot hold the stream past
     ``until`` (a ``time.monotonic()``): each event waits for room in its
     socket until then at most, and a socket with no room is shut down.
+    ``environ``: the request's; ``response_class``: the app's.
     """
-    room = _room_in(request.environ.get("gunicorn.socket"))
+    room = _room_in(environ.get("gunicorn.socket"))
 
     def events():
         for chunk in _chunks(source, describe):
@@ -73,7 +72,7 @@ def response(source, describe, until):
                 return
             yield chunk
 
-    stream = current_app.response_class(events(), mimetype=MIMETYPE)
+    stream = response_class(events(), mimetype=MIMETYPE)
     stream.headers["Cache-Control"] = "no-cache"
     # nginx passes the events on as they come instead of buffering them.
     stream.headers["X-Accel-Buffering"] = "no"

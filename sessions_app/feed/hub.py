@@ -11,7 +11,7 @@ How the watcher learns that something was committed:
 - PostgreSQL: it ``LISTEN``s on ``CHANNEL`` on a connection of its own (one
   per worker), so a write through any worker of any host wakes it.  A
   writer's change waits in a queue until a publishing pass gives it its seq
-  (``feed.py`` says why): after COMMIT the writer ``announce()``s, and one
+  (``recording.py`` says why): after COMMIT the writer ``announce()``s, and one
   publisher thread per worker runs a pass for all the commits announced
   since its last one, with a single ``NOTIFY`` (a notifying commit takes an
   instance-wide lock, so writers never notify themselves).  The watcher
@@ -33,16 +33,18 @@ import os
 import select
 import socket
 import threading
+import weakref
 
 import psycopg
 from peewee import OperationalError, PostgresqlDatabase, SqliteDatabase
 from playhouse.pool import PooledSqliteDatabase
 
-from . import metrics
-from .db import database
-from .deadlines import BoundedPooledPsycopg3Database, BoundedPsycopg3Database
+from .. import metrics
+from ..db import database
+from ..deadlines import BoundedPooledPsycopg3Database, BoundedPsycopg3Database
 
-logger = logging.getLogger(__name__)
+# The name these lines have always been logged under (log filters may use it).
+logger = logging.getLogger("sessions_app.waiting")
 
 CHANNEL = "sessions_changes"
 #: SQLite: how often the watcher of a process with waiters looks for new changes.
@@ -150,6 +152,8 @@ class Hub:
         self.fetch = fetch  # fetch(db, after, limit) -> changes, oldest first
         self.newest = newest  # newest(db) -> the newest committed seq
         self.publish = publish  # publish(conn): PostgreSQL, give queued changes their seqs
+        # The app's settings (FEED_WAITERS_MAX, STREAM_BACKLOG_MAX), handed over by ``configure``.
+        self.settings = _settings.get(db, {})
         self.lock = threading.Lock()
         self.subscriptions = set()
         self.following = set()
@@ -215,18 +219,13 @@ class Hub:
         if held:
             metrics.WAITING.labels(subscription.kind).dec()
 
-    def waiting(self):
-        """Return how many slots are taken."""
-        with self.lock:
-            return len(self.subscriptions)
-
     # -- writers ----------------------------------------------------------------
 
     def announce(self):
         """Say that a write of this process committed: wake the watchers that follow it.
 
         On PostgreSQL the change waits in a queue for the publisher to give
-        it its seq (``feed.py``); this returns once a publishing pass that
+        it its seq (``recording.py``); this returns once a publishing pass that
         began after the commit has ended, so the writer answers with its
         change in the feed.  It waits ``PUBLISH_TIMEOUT`` at most: the
         change is published by the next pass of any host.
@@ -450,6 +449,12 @@ def _pooled_copy(db, size):
 
 _hubs = {}
 _hubs_lock = threading.Lock()
+_settings = weakref.WeakKeyDictionary()  # database -> the app's settings
+
+
+def configure(db, settings):
+    """Hand the hubs of ``db`` the app's ``settings`` (a mapping, read as waiters come)."""
+    _settings[db] = settings
 
 
 def hub(fetch, newest, publish):
