@@ -10,7 +10,10 @@ from .timefmt import NOT_RFC3339, format_us, parse_rfc3339_us
 
 #: How deep ``data`` may nest; deeper documents are refused, not truncated.
 MAX_JSON_DEPTH = 100
-_INT64 = (-(2**63), 2**63 - 1)
+#: The integers every database stores exactly (a signed 64-bit integer).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: A change's seq as text, as a cursor or a ``Last-Event-ID`` carries it.
+SEQ_PATTERN = "0|[1-9][0-9]{0,17}"
 BAD_TEXT = "Must not contain NUL (U+0000) or unpaired surrogate characters."
 
 
@@ -46,7 +49,7 @@ def json_problem(value):
         elif isinstance(node, bool) or node is None:
             continue
         elif isinstance(node, int):
-            if not _INT64[0] <= node <= _INT64[1]:
+            if not INT64_MIN <= node <= INT64_MAX:
                 return f"At {path}: integers must fit in 64 bits."
         elif isinstance(node, float) and not math.isfinite(node):
             return f"At {path}: numbers must be finite."
@@ -102,7 +105,7 @@ class FeedCursor(fields.Field):
     """A position in the change feed: ``latest`` or a change's seq, as text."""
 
     default_error_messages = {"invalid": "Not a cursor this service issued."}
-    _digits = re.compile(r"0|[1-9][0-9]{0,17}").fullmatch
+    _digits = re.compile(SEQ_PATTERN).fullmatch
 
     def __init__(self, latest, **kwargs):
         super().__init__(**kwargs)
