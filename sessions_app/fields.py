@@ -93,7 +93,8 @@ class QueryInt(fields.Integer):
 
     # Up to 18 digits: every value a Range may allow (a cursor reaches
     # 2**31 - 1, ten digits) while parsing stays cheap; Range judges the rest.
-    _digits = re.compile(r"[0-9]{1,18}").fullmatch
+    MAX_DIGITS = 18
+    _digits = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}").fullmatch
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str) and not self._digits(value):

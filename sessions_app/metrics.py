@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 
 from . import requestlog
+from .operations import describe
 
 bp = Blueprint("metrics", __name__)
 
@@ -102,6 +103,14 @@ def _registry():
 
 
 @bp.get("/metrics")
+@describe(
+    "Service metrics for Prometheus",
+    "Request counts and latencies by route and status, in Prometheus' text format.",
+    operation_id="metrics",
+    errors=(503,),
+    tag="service",
+    media_type="text/plain",
+)
 def scrape():
     return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
 

@@ -3,9 +3,11 @@
 import re
 
 import pytest
+from flask import Blueprint
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from sessions_app import create_app, db, openapi
+from sessions_app.operations import describe
 
 
 @pytest.fixture
@@ -21,16 +23,75 @@ def test_document_is_valid_openapi_3_1(document):
     validate(document, cls=OpenAPIV31SpecValidator)
 
 
+def routes(app):
+    """The app's (method, path) pairs, read from its URL map, in OpenAPI's form."""
+    found = set()
+    for rule in app.url_map.iter_rules():
+        # Files, not operations: static files and the docs page's assets.
+        if rule.endpoint == "static" or rule.rule.startswith("/api/docs/<"):
+            continue
+        path = rule.rule.replace("<session_id:session_id>", "{session_id}")
+        assert "<" not in path, f"a path parameter this test does not know: {rule.rule}"
+        found.update((method, path) for method in rule.methods - {"HEAD", "OPTIONS"})
+    return found
+
+
 def test_every_route_is_documented_and_nothing_else(app, document):
-    routes = openapi.routes_of(app.url_map)
-    assert routes == set(openapi.OPERATIONS)
     documented = {
         (method.upper(), path)
         for path, operations in document["paths"].items()
         for method in operations
         if method != "parameters"
     }
-    assert documented == routes
+    assert documented == routes(app)
+    assert ("POST", "/api/sessions/{session_id}/messages") in documented  # a second path
+
+
+def test_a_route_without_a_description_is_an_error(app):
+    extra = Blueprint("extra", __name__)
+
+    @extra.get("/api/sessions/<session_id:session_id>/summary")
+    def summary(session_id):
+        return {}
+
+    @extra.post("/api/ping")
+    @describe("Ping", "Answers.")
+    def ping():
+        return {}
+
+    app.register_blueprint(extra)
+    with pytest.raises(openapi.Undescribed) as raised:
+        openapi.document(app)
+    message = str(raised.value)
+    assert "/api/sessions/<session_id:session_id>/summary (extra.summary)" in message
+    assert "/api/ping" not in message
+
+
+def test_two_paths_of_one_view_need_an_operation_id_each(app):
+    twice = Blueprint("twice", __name__)
+
+    @twice.post("/api/ping")
+    @twice.post("/api/pings")
+    @describe("Ping", "Answers.")
+    def ping():
+        return {}
+
+    app.register_blueprint(twice)
+    with pytest.raises(
+        openapi.Undescribed, match="/api/ping.? and /api/ping.? share the view ping"
+    ):
+        openapi.document(app)
+
+
+def test_the_document_is_built_once_per_process_and_per_token_rule(app, database_url):
+    # Keyed on what it depends on: the routes' descriptions and whether tokens are asked for.
+    again = create_app({"DATABASE_URL": database_url})
+    secured = create_app({"DATABASE_URL": database_url, "SESSIONS_API_TOKENS": "secret"})
+    read_only = create_app({"DATABASE_URL": database_url, "SESSIONS_API_READONLY_TOKENS": "r"})
+    db.database.close_all()
+    assert again.extensions["openapi"] is app.extensions["openapi"]
+    assert read_only.extensions["openapi"] is secured.extensions["openapi"]
+    assert secured.extensions["openapi"] != app.extensions["openapi"]
 
 
 def test_operations_have_unique_ids_summaries_and_problem_errors(document):
