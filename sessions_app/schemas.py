@@ -318,7 +318,7 @@ class SessionListSchema(OutSchema):
     next_cursor = fields.String(allow_none=True)
 
 
-StatusCountsSchema = Schema.from_dict(
+StatusCountsSchema = OutSchema.from_dict(
     {status: fields.Integer() for status in states.STATUSES}, name="StatusCountsSchema"
 )
 

@@ -307,3 +307,16 @@ def test_sessions_answer_with_their_tag_and_replays_say_so(document):
     assert "content" not in not_modified and not_modified["headers"]["ETag"]["required"]
     assert "version" in document["components"]["schemas"]["Session"]["required"]
     assert "version" not in document["components"]["schemas"]["SessionSummary"]["properties"]
+
+
+# -- what a typed client reads (openapi-python-client) ------------------------
+
+
+def test_the_counts_by_status_are_all_required(document):
+    schemas_ = document["components"]["schemas"]
+    by_status = schemas_["SessionCount"]["properties"]["by_status"]
+    assert by_status == {"$ref": "#/components/schemas/StatusCounts"}
+    counts = schemas_["StatusCounts"]
+    assert counts["required"] == ["created", "active", "paused", "completed", "failed"]
+    assert set(counts["required"]) == set(counts["properties"])
+    assert schemas_["SessionCount"]["required"] == ["count", "by_status"]
