@@ -102,6 +102,14 @@ class QueryInt(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+class NumericCursor(QueryInt):
+    """A cursor that is a number (a message's seq), read as ``QueryInt`` reads it.
+
+    The API description declares it a string of digits, as the
+    ``next_cursor`` it continues from is.
+    """
+
+
 class FeedCursor(fields.Field):
     """A position in the change feed: ``latest`` or a change's seq, as text."""
 

@@ -43,6 +43,7 @@ from .fields import (
     JSONBoolean,
     JSONObject,
     NotBlank,
+    NumericCursor,
     QueryTimestamp,
     Text,
     Timestamp,
@@ -216,6 +217,8 @@ def _custom_field_properties(self, field, **kwargs):
         return {"pattern": NOT_BLANK if blank else NO_NUL}
     if isinstance(field, FeedCursor):
         return {"type": "string", "pattern": f"^({field.latest}|{SEQ_PATTERN})$"}
+    if isinstance(field, NumericCursor):
+        return _numeric_cursor(field, kwargs["ret"])
     if isinstance(field, CommaList):
         choice = "|".join(re.escape(c) for c in field.choices)
         return {"pattern": f"^({choice})(,({choice}))*$"}
@@ -240,6 +243,43 @@ def _custom_field_properties(self, field, **kwargs):
     if isinstance(field, ma_fields.Constant):
         return {"const": field.constant}
     return {}
+
+
+def _numeric_cursor(field, ret):
+    """Declare a numeric cursor a string of digits, as the next_cursor it continues is."""
+    (bounds,) = (v for v in field.validators if isinstance(v, validate.Range))
+    assert bounds.min == 0 and bounds.min_inclusive and bounds.max_inclusive, bounds
+    ret.pop("minimum", None)
+    ret.pop("maximum", None)
+    return {"type": "string", "pattern": f"^{numerals_up_to(bounds.max, field.MAX_DIGITS)}$"}
+
+
+def numerals_up_to(maximum, digits):
+    """Return a pattern of the decimal numerals worth at most ``maximum``.
+
+    Leading zeros are allowed, up to ``digits`` digits in all, as ``QueryInt``
+    reads them; JSON Schema cannot bound a string's value, so the bound is
+    spelt out digit by digit.
+    """
+    top = str(maximum)
+    shorter = [_any_digits(f"1,{len(top) - 1}" if len(top) > 2 else 1)] if len(top) > 1 else []
+    # As many digits as the maximum: smaller at the first digit that differs.
+    as_long = [
+        top[:i] + _digits_below(top[i]) + _any_digits(len(top) - i - 1)
+        for i in range(len(top))
+        if top[i] != "0"
+    ]
+    as_long.append(top)
+    padded = f"0{{0,{digits - len(top)}}}(?:{'|'.join(as_long)})"
+    return f"(?:{'|'.join([*shorter, padded])})"
+
+
+def _digits_below(digit):
+    return {"1": "0", "2": "[01]"}.get(digit, f"[0-{int(digit) - 1}]")
+
+
+def _any_digits(count):
+    return {0: "", 1: "[0-9]"}.get(count, f"[0-9]{{{count}}}")
 
 
 # -- building the document ---------------------------------------------------

@@ -23,6 +23,7 @@ from .fields import (
     JSONInteger,
     JSONObject,
     NotBlank,
+    NumericCursor,
     QueryInt,
     QueryTimestamp,
     Text,
@@ -230,7 +231,7 @@ class MessageListQuerySchema(Schema):
         validate=validate.OneOf(("asc", "desc")),
         **_about("asc: oldest first; desc: newest first (the last messages)."),
     )
-    cursor = QueryInt(
+    cursor = NumericCursor(
         validate=validate.Range(0, 2**31 - 1, error=_not_issued),
         **_about(
             "The next_cursor of the previous page; it continues in the same order "

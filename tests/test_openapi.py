@@ -1,12 +1,17 @@
 """The API description: a valid OpenAPI 3.1 document covering every route."""
 
+import itertools
+import json
 import re
 
 import pytest
 from flask import Blueprint
+from hypothesis import given
+from hypothesis import strategies as st
+from marshmallow import ValidationError
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from sessions_app import create_app, db, openapi
+from sessions_app import create_app, db, openapi, schemas
 from sessions_app.operations import describe
 
 
@@ -310,6 +315,61 @@ def test_sessions_answer_with_their_tag_and_replays_say_so(document):
 
 
 # -- what a typed client reads (openapi-python-client) ------------------------
+
+
+def test_the_message_cursor_is_a_string_as_next_cursor_is(document):
+    parameters = document["paths"]["/api/sessions/{session_id}/messages"]["get"]["parameters"]
+    (cursor,) = [p for p in parameters if p.get("name") == "cursor"]
+    assert cursor["schema"]["type"] == "string"
+    next_cursor = document["components"]["schemas"]["MessageList"]["properties"]["next_cursor"]
+    assert next_cursor["type"] == ["string", "null"]
+
+
+def _message_cursor_accepted(value):
+    try:
+        schemas.message_list_query_schema.load({"cursor": value})
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def message_cursor_pattern():
+    document = json.loads(create_app({"DATABASE_URL": "sqlite:///:memory:"}).extensions["openapi"])
+    parameters = document["paths"]["/api/sessions/{session_id}/messages"]["get"]["parameters"]
+    (cursor,) = [p for p in parameters if p.get("name") == "cursor"]
+    return re.compile(cursor["schema"]["pattern"])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        *("0", "7", "00", "42", "2147483646", "2147483647", "2147483648", "2147483650"),
+        *("3000000000", "9999999999", "02147483647", "000000002147483647", "0" * 18, "0" * 19),
+        *("0000000002147483647", "000000000000000001", "12345678901", "", "-1", "1.0"),
+        *(" 1", "1 ", "1\n", "latest", "abc", "\u0661", "1e3", "+1"),
+    ],
+)
+def test_the_message_cursor_pattern_is_what_the_service_accepts(message_cursor_pattern, value):
+    matched = message_cursor_pattern.fullmatch(value) is not None
+    assert matched == _message_cursor_accepted(value)
+
+
+@given(st.from_regex(r"\A[0-9]{1,20}\Z") | st.integers(0, 2**32).map(str))
+def test_the_message_cursor_pattern_agrees_with_the_parser(message_cursor_pattern, value):
+    matched = message_cursor_pattern.fullmatch(value) is not None
+    assert matched == _message_cursor_accepted(value)
+
+
+@pytest.mark.parametrize("maximum", [0, 1, 7, 9, 10, 11, 20, 99, 100, 305, 1020])
+def test_numerals_up_to_a_maximum(maximum):
+    # Every numeral of up to one digit more than the pattern allows.
+    for digits in (len(str(maximum)), len(str(maximum)) + 1):
+        pattern = re.compile(openapi.numerals_up_to(maximum, digits))
+        for length in range(1, digits + 2):
+            for numeral in map("".join, itertools.product("0123456789", repeat=length)):
+                expected = length <= digits and int(numeral) <= maximum
+                assert (pattern.fullmatch(numeral) is not None) == expected, (digits, numeral)
 
 
 def test_the_counts_by_status_are_all_required(document):
