@@ -248,7 +248,8 @@ def _custom_field_properties(self, field, **kwargs):
 def _numeric_cursor(field, ret):
     """Declare a numeric cursor a string of digits, as the next_cursor it continues is."""
     (bounds,) = (v for v in field.validators if isinstance(v, validate.Range))
-    assert bounds.min == 0 and bounds.min_inclusive and bounds.max_inclusive, bounds
+    if bounds.min != 0 or not (bounds.min_inclusive and bounds.max_inclusive):
+        raise ValueError(f"A numeric cursor counts from 0 to a maximum, not {bounds}")
     ret.pop("minimum", None)
     ret.pop("maximum", None)
     return {"type": "string", "pattern": f"^{numerals_up_to(bounds.max, field.MAX_DIGITS)}$"}
@@ -262,7 +263,8 @@ def numerals_up_to(maximum, digits):
     spelt out digit by digit.
     """
     top = str(maximum)
-    shorter = [_any_digits(f"1,{len(top) - 1}" if len(top) > 2 else 1)] if len(top) > 1 else []
+    # Fewer digits than the maximum: any.
+    shorter = [f"[0-9]{{1,{len(top) - 1}}}"] if len(top) > 1 else []
     # As many digits as the maximum: smaller at the first digit that differs.
     as_long = [
         top[:i] + _digits_below(top[i]) + _any_digits(len(top) - i - 1)
