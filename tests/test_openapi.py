@@ -88,6 +88,19 @@ def test_two_paths_of_one_view_need_an_operation_id_each(app):
         openapi.document(app)
 
 
+def test_a_second_path_of_a_view_is_the_same_operation_under_its_own_id(document):
+    paths = document["paths"]
+    first = paths["/api/sessions/{session_id}/message"]["post"]
+    second = paths["/api/sessions/{session_id}/messages"]["post"]
+    assert second["summary"] == "Send a message to a session (same as POST …/message)"
+    assert second["description"] == (
+        "The same operation as `POST /api/sessions/{session_id}/message`."
+    )
+    for key in ("parameters", "requestBody", "tags"):
+        assert second[key] == first[key], key
+    assert second["responses"].keys() == first["responses"].keys()
+
+
 def test_the_document_is_built_once_per_process_and_per_token_rule(app, database_url):
     # Keyed on what it depends on: the routes' descriptions and whether tokens are asked for.
     again = create_app({"DATABASE_URL": database_url})
