@@ -8,7 +8,8 @@ nothing but the standard library, so the Gunicorn master loads no app code.
 
 import os
 
-#: name -> (default, type); README.rst lists the same names in one table.
+#: name -> (default, type); README.rst lists the same names in one table
+#: (tests/test_config.py checks its defaults against these).
 SETTINGS = {
     "DATABASE_URL": ("sqlite:///var/sessions.sqlite3", str),
     # None: one connection per thread of a Gunicorn worker, so no request

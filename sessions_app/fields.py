@@ -9,12 +9,12 @@ from . import containment, jsonio
 from .paging import NOT_ISSUED
 from .timefmt import NOT_RFC3339, format_us, parse_rfc3339_us
 
-#: A change's seq as text: a Python and a JSON Schema pattern (a feed cursor, an event id).
-SEQ_PATTERN = r"0|[1-9][0-9]{0,17}"
-
 #: How deep ``data`` may nest; deeper documents are refused, not truncated.
 MAX_JSON_DEPTH = 100
-_INT64 = (-(2**63), 2**63 - 1)
+#: The integers every database stores exactly (a signed 64-bit integer).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: A change's seq as text, as a cursor or a ``Last-Event-ID`` carries it.
+SEQ_PATTERN = "0|[1-9][0-9]{0,17}"
 BAD_TEXT = "Must not contain NUL (U+0000) or unpaired surrogate characters."
 
 
@@ -50,7 +50,7 @@ def json_problem(value):
         elif isinstance(node, bool) or node is None:
             continue
         elif isinstance(node, int):
-            if not _INT64[0] <= node <= _INT64[1]:
+            if not INT64_MIN <= node <= INT64_MAX:
                 return f"At {path}: integers must fit in 64 bits."
         elif isinstance(node, float) and not math.isfinite(node):
             return f"At {path}: numbers must be finite."
@@ -94,12 +94,21 @@ class QueryInt(fields.Integer):
 
     # Up to 18 digits: every value a Range may allow (a cursor reaches
     # 2**31 - 1, ten digits) while parsing stays cheap; Range judges the rest.
-    _digits = re.compile(r"[0-9]{1,18}").fullmatch
+    MAX_DIGITS = 18
+    _digits = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}").fullmatch
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str) and not self._digits(value):
             raise self.make_error("invalid")
         return super()._deserialize(value, attr, data, **kwargs)
+
+
+class NumericCursor(QueryInt):
+    """A cursor that is a number (a message's seq), read as ``QueryInt`` reads it.
+
+    The API description declares it a string of digits, as the
+    ``next_cursor`` it continues from is.
+    """
 
 
 class FeedCursor(fields.Field):

@@ -24,6 +24,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from .operations import describe
+
 REQUESTS = Counter(
     "sessions_http_requests",
     "HTTP requests answered, by method, route and status.",
@@ -107,6 +109,14 @@ def init_app(app):
     bp = Blueprint("metrics", __name__)
 
     @bp.get("/metrics")
+    @describe(
+        "Service metrics for Prometheus",
+        "Request counts and latencies by route and status, in Prometheus' text format.",
+        operation_id="metrics",
+        errors=(503,),
+        tag="service",
+        media_type="text/plain",
+    )
     def scrape():
         return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
 

@@ -1,17 +1,31 @@
-"""The API's OpenAPI 3.1 description, generated from the marshmallow schemas.
+"""The API's OpenAPI 3.1 description, generated from the routes and their views.
 
-Each route of the app has an entry in ``OPERATIONS`` saying, in the user's
-words, what it does, which schemas it reads and writes, and which errors it
-can answer; apispec turns the schemas into JSON Schema.  The document is
-built once per app and served at ``/api/openapi.json``; ``/api/docs`` shows
-it with Swagger UI, served from the ``flask-swagger-ui`` package (no CDN).
+Each view says what it does with ``@describe(...)`` (``operations.py``): its
+summary, its In and Out schemas, its success status, its errors and the
+headers it reads.  The document is built from the app's URL map and those
+descriptions (a route whose view has none is an error, ``Undescribed``);
+apispec turns the marshmallow schemas into JSON Schema.  It is built once
+per process for each set of routes and token rules (whether the app asks for
+tokens is the one part of it that depends on the configuration) and served
+at ``/api/openapi.json``; ``/api/docs`` shows it with Swagger UI, served
+from the ``flask-swagger-ui`` package (no CDN).
+
+Why a decorator of our own rather than flask-smorest, apifairy or APIFlask:
+each of those also loads and dumps through the schemas it is given (webargs,
+its own error handlers and error bodies, its own response wrapping), which
+would change every error answer and the views' load → act → dump, and each
+writes the document its own way (its own error responses, components and
+operation ids).  The decorator here only records what the view says; apispec,
+which all of them use underneath, still writes the schemas.
 """
 
+import functools
 import re
-from dataclasses import dataclass, field, replace
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.common import resolve_schema_instance
+from apispec.ext.marshmallow.openapi import OpenAPIConverter
 from flask import Blueprint, current_app
 from flask_swagger_ui import get_swaggerui_blueprint
 from marshmallow import fields as ma_fields
@@ -19,18 +33,23 @@ from marshmallow import validate
 
 from . import auth, conditional, containment, idempotency, jsonio, schemas
 from .fields import (
+    INT64_MAX,
+    INT64_MIN,
     MAX_JSON_DEPTH,
+    SEQ_PATTERN,
     CommaList,
     DataFilterField,
     FeedCursor,
     JSONBoolean,
     JSONObject,
     NotBlank,
+    NumericCursor,
     QueryTimestamp,
     Text,
     Timestamp,
 )
 from .ids import SESSION_ID_PATTERN
+from .operations import describe, described
 from .parsing import load_query
 
 TITLE = "Session API"
@@ -68,224 +87,6 @@ still being handled, another is a 409. Keys are kept at least a day.
 `PATCH` or `DELETE` with an `If-Match` that does not name it is a 412 and
 changes nothing.
 """
-
-# -- what each route does ---------------------------------------------------
-
-
-@dataclass
-class Operation:
-    """What a route does and what it reads, returns and refuses."""
-
-    operation_id: str
-    summary: str
-    description: str
-    status: int
-    response: type | None = None
-    query: type | None = None
-    body: type | None = None
-    errors: tuple = ()
-    tag: str = "sessions"
-    links: dict = field(default_factory=dict)
-    media_type: str = "application/json"
-    #: Header parameters it reads, by their names in ``HEADER_PARAMETERS``.
-    headers: tuple = ()
-    #: Its success answers with the session's ``ETag``.
-    tagged: bool = False
-    #: Also answers ``text/event-stream`` (server-sent events) when asked for it.
-    streams: bool = False
-
-
-_SESSION_LINKS = {
-    "GetSession": "get_session",
-    "UpdateSession": "update_session",
-    "DeleteSession": "delete_session",
-    "SendMessage": "send_message",
-    "ListMessages": "list_messages",
-}
-
-SEND_MESSAGE = Operation(
-    "send_message",
-    "Send a message to a session",
-    "Stores the message and counts it on the session; a `created` session "
-    "becomes `active`. A completed or failed session takes no messages (409).",
-    201,
-    schemas.MessageReceiptSchema,
-    body=schemas.MessageCreateSchema,
-    errors=(400, 404, 409, 413, 415, 422, 503),
-    headers=("IdempotencyKey",),
-)
-
-OPERATIONS = {
-    ("GET", "/api/sessions"): Operation(
-        "list_sessions",
-        "List sessions, newest first",
-        "Filter by agent, task or status (several statuses separated by commas) and "
-        "by time windows on `created_at` and `last_active` (`…_after` exclusive, "
-        "`…_before` inclusive); sort by `created_at` or `last_active`, `desc` or "
-        "`asc`. Pages hold `limit` sessions; pass `next_cursor` back as `cursor` "
-        "(with the same sort and order) for the next page, until it is null.",
-        200,
-        schemas.SessionListSchema,
-        query=schemas.SessionListQuerySchema,
-        errors=(400, 422, 503),
-    ),
-    ("GET", "/api/sessions/count"): Operation(
-        "count_sessions",
-        "Count sessions, in total and by status",
-        "Takes the filters of the list (not its paging or order); every status "
-        "is in `by_status`, with 0 when none matches.",
-        200,
-        schemas.SessionCountSchema,
-        query=schemas.SessionFilterQuerySchema,
-        errors=(400, 422, 503),
-    ),
-    ("POST", "/api/sessions"): Operation(
-        "create_session",
-        "Start a session",
-        "Creates a session in status `created` with no messages; `Location` gives its URL.",
-        201,
-        schemas.SessionSchema,
-        body=schemas.SessionCreateSchema,
-        errors=(400, 409, 413, 415, 422, 503),
-        links=_SESSION_LINKS,
-        headers=("IdempotencyKey",),
-        tagged=True,
-    ),
-    ("POST", "/api/sessions/bulk"): Operation(
-        "bulk_change",
-        "Change many sessions at once: set a status or delete, by filter",
-        "Applies to at most `limit` sessions matching `filter` (the list's filters; "
-        '`{"all": true}` for every session), oldest first, each changed exactly as its '
-        "own PATCH or DELETE would be, in batches of at most 100 sessions. For a status, "
-        "only sessions that may move to it are matched; one whose move the status table "
-        "forbids by the time it is changed is skipped (`skipped.conflict`). `dry_run` "
-        "changes nothing and adds `by_status`. Repeat the request until `remaining` is 0.",
-        200,
-        schemas.BulkResultSchema,
-        body=schemas.BulkChangeSchema,
-        errors=(400, 409, 413, 415, 422, 503),
-        headers=("IdempotencyKey",),
-    ),
-    ("GET", "/api/sessions/{session_id}"): Operation(
-        "get_session",
-        "Get a session",
-        "Returns the session with its prompt, data and message count; 304 without a "
-        "body when `If-None-Match` names its current tag.",
-        200,
-        schemas.SessionSchema,
-        errors=(304, 400, 404, 422, 503),
-        headers=("IfNoneMatch",),
-        tagged=True,
-    ),
-    ("PATCH", "/api/sessions/{session_id}"): Operation(
-        "update_session",
-        "Change a session's status, prompt or data",
-        "`data` is merged as a JSON Merge Patch (RFC 7396): a key set to null is "
-        "removed. The status may move from created to any other, between active "
-        "and paused, and to completed or failed; completed and failed are final "
-        "(409). An empty object changes nothing. With `If-Match`, only if it names "
-        "the current tag (else 412).",
-        200,
-        schemas.SessionSchema,
-        body=schemas.SessionUpdateSchema,
-        errors=(400, 404, 409, 412, 413, 415, 422, 503),
-        headers=("IfMatch",),
-        tagged=True,
-    ),
-    ("DELETE", "/api/sessions/{session_id}"): Operation(
-        "delete_session",
-        "Delete a session and its messages",
-        "A second delete of the same session is a 404. With `If-Match`, only if it "
-        "names the current tag (else 412).",
-        204,
-        errors=(400, 404, 412, 422, 503),
-        headers=("IfMatch",),
-    ),
-    ("POST", "/api/sessions/{session_id}/message"): SEND_MESSAGE,
-    ("POST", "/api/sessions/{session_id}/messages"): replace(
-        SEND_MESSAGE,
-        operation_id="send_message_to_messages",
-        summary="Send a message to a session (same as POST …/message)",
-        description="The same operation as `POST /api/sessions/{session_id}/message`.",
-    ),
-    ("GET", "/api/sessions/{session_id}/messages"): Operation(
-        "list_messages",
-        "List a session's messages, oldest first",
-        "`order=desc` lists them newest first. Pages hold `limit` messages; pass "
-        "`next_cursor` back as `cursor` (with the same order) for the next page, "
-        "until it is null.",
-        200,
-        schemas.MessageListSchema,
-        query=schemas.MessageListQuerySchema,
-        errors=(400, 404, 422, 503),
-    ),
-    ("GET", "/api/changes"): Operation(
-        "list_changes",
-        "Follow the change feed: every create, update, message and delete",
-        "Changes come oldest first, each once, in `seq` order. Pass `next_cursor` back "
-        "as `cursor` (it is never null); `cursor=latest` starts from now. With `wait`, "
-        "an empty page waits up to that many seconds for a matching change (long poll). "
-        "With `Accept: text/event-stream` the answer is a stream of server-sent events "
-        "(`id` the seq, `event` the type, `data` the change), resumed from "
-        "`Last-Event-ID`. A cursor from before the changes kept is a 410.",
-        200,
-        schemas.ChangeListSchema,
-        query=schemas.ChangeListQuerySchema,
-        errors=(400, 410, 422, 503),
-        tag="changes",
-        streams=True,
-    ),
-    ("GET", "/health"): Operation(
-        "health",
-        "Check the service and its database",
-        "200 when the database answers, else a 503 problem.",
-        200,
-        schemas.HealthSchema,
-        errors=(503,),
-        tag="service",
-    ),
-    ("GET", "/metrics"): Operation(
-        "metrics",
-        "Service metrics for Prometheus",
-        "Request counts and latencies by route and status, in Prometheus' text format.",
-        200,
-        errors=(503,),
-        tag="service",
-        media_type="text/plain",
-    ),
-    ("GET", DOCUMENT_PATH): Operation(
-        "openapi_document",
-        "This API description (OpenAPI 3.1)",
-        "Generate a client from it, or browse it at `/api/docs/`.",
-        200,
-        errors=(400, 422, 503),
-        tag="service",
-    ),
-    ("GET", DOCS_PATH + "/"): Operation(
-        "api_docs",
-        "Interactive documentation (Swagger UI)",
-        "Try every operation from the browser; works without internet access.",
-        200,
-        errors=(400, 422, 503),
-        tag="service",
-        media_type="text/html",
-    ),
-}
-
-#: Every schema of a response body, by its name in the document.
-OUT_SCHEMAS = {
-    "SessionSummary": schemas.SessionSummarySchema,
-    "Session": schemas.SessionSchema,
-    "SessionList": schemas.SessionListSchema,
-    "SessionCount": schemas.SessionCountSchema,
-    "BulkResult": schemas.BulkResultSchema,
-    "MessageReceipt": schemas.MessageReceiptSchema,
-    "Message": schemas.MessageSchema,
-    "MessageList": schemas.MessageListSchema,
-    "Change": schemas.ChangeSchema,
-    "ChangeList": schemas.ChangeListSchema,
-    "Health": schemas.HealthSchema,
-}
 
 # -- error responses --------------------------------------------------------
 
@@ -382,6 +183,9 @@ HEADER_PARAMETERS = {
     },
 }
 
+#: The component name of each header parameter, by the header's name.
+_HEADER_COMPONENTS = {parameter["name"]: name for name, parameter in HEADER_PARAMETERS.items()}
+
 _REPLAYED = {
     "description": "`true` when this is the stored answer to an earlier request with the "
     "same `Idempotency-Key`.",
@@ -392,7 +196,6 @@ _REPLAYED = {
 
 NO_NUL = "^[^\\u0000]*$"
 NOT_BLANK = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
-_INT64 = {"minimum": -(2**63), "maximum": 2**63 - 1}
 # Any JSON value, with each keyword applying to its own type only (JSON
 # Schema's rule), so client generators see one plain "any" value; a union
 # with a recursive branch is more than some of them can read.
@@ -400,7 +203,7 @@ JSON_VALUE = {
     "description": "Any JSON value that every database can store unchanged.",
     "pattern": NO_NUL,
     "if": {"type": "integer"},
-    "then": _INT64,
+    "then": {"minimum": INT64_MIN, "maximum": INT64_MAX},
     "items": {"$ref": "#/components/schemas/JSONValue"},
     "propertyNames": {"pattern": NO_NUL},
     "additionalProperties": {"$ref": "#/components/schemas/JSONValue"},
@@ -413,7 +216,9 @@ def _custom_field_properties(self, field, **kwargs):
         blank = any(isinstance(v, NotBlank) for v in field.validators)
         return {"pattern": NOT_BLANK if blank else NO_NUL}
     if isinstance(field, FeedCursor):
-        return {"type": "string", "pattern": f"^({field.latest}|0|[1-9][0-9]{{0,17}})$"}
+        return {"type": "string", "pattern": f"^({field.latest}|{SEQ_PATTERN})$"}
+    if isinstance(field, NumericCursor):
+        return _numeric_cursor(field, kwargs["ret"])
     if isinstance(field, CommaList):
         choice = "|".join(re.escape(c) for c in field.choices)
         return {"pattern": f"^({choice})(,({choice}))*$"}
@@ -440,27 +245,150 @@ def _custom_field_properties(self, field, **kwargs):
     return {}
 
 
+def _numeric_cursor(field, ret):
+    """Declare a numeric cursor a string of digits, as the next_cursor it continues is."""
+    (bounds,) = (v for v in field.validators if isinstance(v, validate.Range))
+    if bounds.min != 0 or not (bounds.min_inclusive and bounds.max_inclusive):
+        raise ValueError(f"A numeric cursor counts from 0 to a maximum, not {bounds}")
+    ret.pop("minimum", None)
+    ret.pop("maximum", None)
+    return {"type": "string", "pattern": f"^{numerals_up_to(bounds.max, field.MAX_DIGITS)}$"}
+
+
+def numerals_up_to(maximum, digits):
+    """Return a pattern of the decimal numerals worth at most ``maximum``.
+
+    Leading zeros are allowed, up to ``digits`` digits in all, as ``QueryInt``
+    reads them; JSON Schema cannot bound a string's value, so the bound is
+    spelt out digit by digit.
+    """
+    top = str(maximum)
+    # Fewer digits than the maximum: any.
+    shorter = [f"[0-9]{{1,{len(top) - 1}}}"] if len(top) > 1 else []
+    # As many digits as the maximum: smaller at the first digit that differs.
+    as_long = [
+        top[:i] + _digits_below(top[i]) + _any_digits(len(top) - i - 1)
+        for i in range(len(top))
+        if top[i] != "0"
+    ]
+    as_long.append(top)
+    padded = f"0{{0,{digits - len(top)}}}(?:{'|'.join(as_long)})"
+    return f"(?:{'|'.join([*shorter, padded])})"
+
+
+def _digits_below(digit):
+    return {"1": "0", "2": "[01]"}.get(digit, f"[0-{int(digit) - 1}]")
+
+
+def _any_digits(count):
+    return {0: "", 1: "[0-9]"}.get(count, f"[0-9]{{{count}}}")
+
+
 # -- building the document ---------------------------------------------------
 
 
-def build_document(app):
-    """Return the OpenAPI document for ``app``'s routes and its token rules."""
-    routes = routes_of(app.url_map)
-    plugin = MarshmallowPlugin()
+class Undescribed(LookupError):
+    """A route whose view has no ``@describe``: the document would leave it out."""
+
+
+def operations(app):
+    """Return ``{(method, path): Operation}`` for every route of ``app``, in OpenAPI form.
+
+    Raise ``Undescribed`` naming every route whose view says nothing of itself.
+    """
+    found, endpoints, missing = {}, {}, []
+    for rule in app.url_map.iter_rules():
+        if _serves_files(rule):
+            continue
+        operation = described(app.view_functions[rule.endpoint])
+        if operation is None:
+            missing.append(f"{rule.rule} ({rule.endpoint})")
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            found[(method, path)] = operation
+            endpoints.setdefault((rule.endpoint, method), []).append(path)
+    if missing:
+        raise Undescribed(
+            "Describe these routes' views with @describe (sessions_app/operations.py): "
+            + ", ".join(missing)
+        )
+    for (_endpoint, method), paths in endpoints.items():
+        _name_aliases(found, method, paths)
+    return found
+
+
+def _serves_files(rule):
+    # Static files and Swagger UI's own assets are files, not operations.
+    return rule.endpoint == "static" or (
+        rule.endpoint == f"{_DOCS_BLUEPRINT}.show" and rule.rule != DOCS_PATH + "/"
+    )
+
+
+def _name_aliases(found, method, paths):
+    operation = found[(method, paths[0])]
+    aliases = {path: dict(operation.aliases).get(_ending(operation, path)) for path in paths}
+    primary = [path for path, alias in aliases.items() if alias is None]
+    if len(primary) != 1:
+        raise Undescribed(
+            f"{method} {' and '.join(primary)} share the view {operation.operation_id}: "
+            "give all of its paths but one an operation id of their own (aliases=)"
+        )
+    for path, alias in aliases.items():
+        if alias is not None:
+            found[(method, path)] = operation.alias(alias, method, primary[0])
+
+
+def _ending(operation, path):
+    return next((end for end, _ in operation.aliases if path.endswith(end)), None)
+
+
+def document(app):
+    """Return the OpenAPI document of ``app`` as JSON bytes, built once per process.
+
+    What it depends on is its key: the operations and, from the
+    configuration, whether tokens are asked for at all and on which paths.
+    """
+    found = operations(app)
+    secured = frozenset(key for key in found if auth.needs_token(app, key[1]))
+    return _document(tuple(found.items()), auth.required(app), secured)
+
+
+@functools.cache
+def _document(found, tokens, secured):
+    return jsonio.dumps(_build(dict(found), tokens, secured))
+
+
+class _Converter(OpenAPIConverter):
+    def schema2jsonschema(self, schema):
+        json_schema = super().schema2jsonschema(schema)
+        instance = resolve_schema_instance(schema)
+        if isinstance(instance, schemas.OutSchema):
+            json_schema["required"] = [
+                key for key, f in instance.fields.items() if "only_in" not in f.metadata
+            ]
+        return json_schema
+
+
+class _Plugin(MarshmallowPlugin):
+    Converter = _Converter
+
+
+def _build(found, tokens, secured):
+    plugin = _Plugin()
     spec = APISpec(TITLE, VERSION, "3.1.0", plugins=[plugin], info={"description": DESCRIPTION})
     plugin.map_to_openapi_type(Timestamp, "string", "date-time")
     plugin.map_to_openapi_type(QueryTimestamp, "string", "date-time")
     plugin.converter.add_attribute_function(_custom_field_properties)
     _add_components(spec)
-    if auth.required(app):
+    if tokens:
         spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     paths = {}
-    for (method, path), operation in OPERATIONS.items():
-        if (method, path) in routes:
-            document = _operation(operation)
-            if auth.needs_token(app, path):
-                _require_token(document, method)
-            paths.setdefault(path, {})[method.lower()] = document
+    for (method, path), operation in found.items():
+        document = _operation(operation)
+        if (method, path) in secured:
+            _require_token(document, method)
+        paths.setdefault(path, {})[method.lower()] = document
     for path, operations in paths.items():
         parameters = ["SessionId"] if "{session_id}" in path else []
         spec.path(path, operations=operations, parameters=parameters)
@@ -491,19 +419,6 @@ def _what_fields_cannot_say(document):
     return document
 
 
-def routes_of(url_map):
-    """Return the (method, path) pairs of ``url_map``'s operations, in OpenAPI form."""
-    found = set()
-    for rule in url_map.iter_rules():
-        if rule.endpoint == "static" or (
-            rule.endpoint.startswith("swagger_ui.") and rule.rule != DOCS_PATH + "/"
-        ):
-            continue  # files, not operations
-        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
-        found.update((method, path) for method in rule.methods - {"HEAD", "OPTIONS"})
-    return found
-
-
 def _require_token(document, method):
     document["security"] = [{"bearer": []}]
     document["responses"]["401"] = ERRORS[401][0]
@@ -513,13 +428,6 @@ def _require_token(document, method):
 
 def _add_components(spec):
     spec.components.schema("JSONValue", JSON_VALUE)
-    for name, schema in OUT_SCHEMAS.items():
-        spec.components.schema(name, schema=schema)
-        # A response always carries every field of its schema (null where
-        # allowed), but those that only some kinds of change carry.
-        spec.components.schemas[name]["required"] = [
-            key for key, f in schema().fields.items() if "only_in" not in f.metadata
-        ]
     spec.components.schema("Problem", schema=schemas.ProblemSchema)
     spec.components.schema("ValidationProblem", schema=schemas.ValidationProblemSchema)
     spec.components.parameter(
@@ -543,6 +451,10 @@ def _add_components(spec):
         spec.components.response(name, response)
 
 
+def _link_name(operation_id):
+    return "".join(word.capitalize() for word in operation_id.split("_"))
+
+
 def _operation(op):
     success = {"description": op.summary}
     if op.response is not None:
@@ -557,7 +469,7 @@ def _operation(op):
     headers = {}
     if op.tagged:
         headers[conditional.ETAG] = _ETAG
-    if "IdempotencyKey" in op.headers:
+    if conditional.IDEMPOTENCY_KEY in op.headers:
         headers[conditional.IDEMPOTENT_REPLAYED] = _REPLAYED
     if op.links:
         headers["Location"] = {
@@ -566,11 +478,11 @@ def _operation(op):
             "schema": {"type": "string"},
         }
         success["links"] = {
-            name: {
+            _link_name(target): {
                 "operationId": target,
                 "parameters": {"session_id": "$response.body#/id"},
             }
-            for name, target in op.links.items()
+            for target in op.links
         }
     if headers:
         success["headers"] = headers
@@ -584,7 +496,8 @@ def _operation(op):
         "responses": responses,
     }
     parameters = [{"in": "query", "schema": op.query}] if op.query is not None else []
-    parameters += list(op.headers)  # names of components: apispec makes them $refs
+    # Names of components: apispec makes them $refs.
+    parameters += [_HEADER_COMPONENTS[header] for header in op.headers]
     if parameters:
         result["parameters"] = parameters
     if op.body is not None:
@@ -598,14 +511,31 @@ def _operation(op):
 # -- serving it ---------------------------------------------------------------
 
 bp = Blueprint("openapi", __name__)
+_DOCS_BLUEPRINT = "swagger_ui"
 
 
 @bp.get(DOCUMENT_PATH)
+@describe(
+    "This API description (OpenAPI 3.1)",
+    "Generate a client from it, or browse it at `/api/docs/`.",
+    errors=(400, 422, 503),
+    tag="service",
+)
 def openapi_document():
     load_query(schemas.no_query_schema)
     return current_app.response_class(
         current_app.extensions["openapi"], mimetype="application/json"
     )
+
+
+_describe_docs = describe(
+    "Interactive documentation (Swagger UI)",
+    "Try every operation from the browser; works without internet access.",
+    operation_id="api_docs",
+    errors=(400, 422, 503),
+    tag="service",
+    media_type="text/html",
+)
 
 
 def _reject_query():
@@ -614,11 +544,14 @@ def _reject_query():
 
 def init_app(app):
     """Serve the document and the docs; call after every other blueprint is registered."""
-    docs = get_swaggerui_blueprint(DOCS_PATH, DOCUMENT_PATH, config={"app_name": TITLE})
+    docs = get_swaggerui_blueprint(
+        DOCS_PATH, DOCUMENT_PATH, config={"app_name": TITLE}, blueprint_name=_DOCS_BLUEPRINT
+    )
     docs.before_request(_reject_query)
     app.register_blueprint(bp)
     app.register_blueprint(docs)
+    _describe_docs(app.view_functions[f"{_DOCS_BLUEPRINT}.show"])
     # No data here, and a browser opening the docs cannot send a token.
     auth.leave_open(app, DOCUMENT_PATH)
     auth.leave_open(app, DOCS_PATH)
-    app.extensions["openapi"] = jsonio.dumps(build_document(app))
+    app.extensions["openapi"] = document(app)

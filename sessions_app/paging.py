@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import re
 
+from .fields import INT64_MAX, INT64_MIN
 from .ids import SESSION_ID_PATTERN
 
 #: What a client is told of a cursor (or feed position) it cannot have been given.
@@ -24,7 +25,6 @@ NOT_ISSUED = "Not a cursor this service issued."
 SORTS = ("created_at", "last_active")
 ORDERS = ("desc", "asc")
 
-_INT64 = (-(2**63), 2**63 - 1)
 _CHECK_BYTES = 4
 _POSITION = re.compile(
     rf"(?P<sort>[cl])(?P<order>[da])"
@@ -79,7 +79,7 @@ def session_position(cursor, sort, order):
     )
     at = match["at"]
     if (at is None) != (issued_for[0] == "created_at") or (
-        at is not None and not _INT64[0] <= int(at) <= _INT64[1]
+        at is not None and not INT64_MIN <= int(at) <= INT64_MAX
     ):
         raise CursorError(NOT_ISSUED)
     if issued_for != (sort, order):

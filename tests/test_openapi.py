@@ -1,11 +1,18 @@
 """The API description: a valid OpenAPI 3.1 document covering every route."""
 
+import itertools
+import json
 import re
 
 import pytest
+from flask import Blueprint
+from hypothesis import given
+from hypothesis import strategies as st
+from marshmallow import ValidationError
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from sessions_app import create_app, db, openapi
+from sessions_app import create_app, db, openapi, schemas
+from sessions_app.operations import describe
 
 
 @pytest.fixture
@@ -21,16 +28,88 @@ def test_document_is_valid_openapi_3_1(document):
     validate(document, cls=OpenAPIV31SpecValidator)
 
 
+def routes(app):
+    """The app's (method, path) pairs, read from its URL map, in OpenAPI's form."""
+    found = set()
+    for rule in app.url_map.iter_rules():
+        # Files, not operations: static files and the docs page's assets.
+        if rule.endpoint == "static" or rule.rule.startswith("/api/docs/<"):
+            continue
+        path = rule.rule.replace("<session_id:session_id>", "{session_id}")
+        assert "<" not in path, f"a path parameter this test does not know: {rule.rule}"
+        found.update((method, path) for method in rule.methods - {"HEAD", "OPTIONS"})
+    return found
+
+
 def test_every_route_is_documented_and_nothing_else(app, document):
-    routes = openapi.routes_of(app.url_map)
-    assert routes == set(openapi.OPERATIONS)
     documented = {
         (method.upper(), path)
         for path, operations in document["paths"].items()
         for method in operations
         if method != "parameters"
     }
-    assert documented == routes
+    assert documented == routes(app)
+    assert ("POST", "/api/sessions/{session_id}/messages") in documented  # a second path
+
+
+def test_a_route_without_a_description_is_an_error(app):
+    extra = Blueprint("extra", __name__)
+
+    @extra.get("/api/sessions/<session_id:session_id>/summary")
+    def summary(session_id):
+        return {}
+
+    @extra.post("/api/ping")
+    @describe("Ping", "Answers.")
+    def ping():
+        return {}
+
+    app.register_blueprint(extra)
+    with pytest.raises(openapi.Undescribed) as raised:
+        openapi.document(app)
+    message = str(raised.value)
+    assert "/api/sessions/<session_id:session_id>/summary (extra.summary)" in message
+    assert "/api/ping" not in message
+
+
+def test_two_paths_of_one_view_need_an_operation_id_each(app):
+    twice = Blueprint("twice", __name__)
+
+    @twice.post("/api/ping")
+    @twice.post("/api/pings")
+    @describe("Ping", "Answers.")
+    def ping():
+        return {}
+
+    app.register_blueprint(twice)
+    with pytest.raises(
+        openapi.Undescribed, match="/api/ping.? and /api/ping.? share the view ping"
+    ):
+        openapi.document(app)
+
+
+def test_a_second_path_of_a_view_is_the_same_operation_under_its_own_id(document):
+    paths = document["paths"]
+    first = paths["/api/sessions/{session_id}/message"]["post"]
+    second = paths["/api/sessions/{session_id}/messages"]["post"]
+    assert second["summary"] == "Send a message to a session (same as POST …/message)"
+    assert second["description"] == (
+        "The same operation as `POST /api/sessions/{session_id}/message`."
+    )
+    for key in ("parameters", "requestBody", "tags"):
+        assert second[key] == first[key], key
+    assert second["responses"].keys() == first["responses"].keys()
+
+
+def test_the_document_is_built_once_per_process_and_per_token_rule(app, database_url):
+    # Keyed on what it depends on: the routes' descriptions and whether tokens are asked for.
+    again = create_app({"DATABASE_URL": database_url})
+    secured = create_app({"DATABASE_URL": database_url, "SESSIONS_API_TOKENS": "secret"})
+    read_only = create_app({"DATABASE_URL": database_url, "SESSIONS_API_READONLY_TOKENS": "r"})
+    db.database.close_all()
+    assert again.extensions["openapi"] is app.extensions["openapi"]
+    assert read_only.extensions["openapi"] is secured.extensions["openapi"]
+    assert secured.extensions["openapi"] != app.extensions["openapi"]
 
 
 def test_operations_have_unique_ids_summaries_and_problem_errors(document):
@@ -246,3 +325,71 @@ def test_sessions_answer_with_their_tag_and_replays_say_so(document):
     assert "content" not in not_modified and not_modified["headers"]["ETag"]["required"]
     assert "version" in document["components"]["schemas"]["Session"]["required"]
     assert "version" not in document["components"]["schemas"]["SessionSummary"]["properties"]
+
+
+# -- what a typed client reads (openapi-python-client) ------------------------
+
+
+def test_the_message_cursor_is_a_string_as_next_cursor_is(document):
+    parameters = document["paths"]["/api/sessions/{session_id}/messages"]["get"]["parameters"]
+    (cursor,) = [p for p in parameters if p.get("name") == "cursor"]
+    assert cursor["schema"]["type"] == "string"
+    next_cursor = document["components"]["schemas"]["MessageList"]["properties"]["next_cursor"]
+    assert next_cursor["type"] == ["string", "null"]
+
+
+def _message_cursor_accepted(value):
+    try:
+        schemas.message_list_query_schema.load({"cursor": value})
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def message_cursor_pattern():
+    document = json.loads(create_app({"DATABASE_URL": "sqlite:///:memory:"}).extensions["openapi"])
+    parameters = document["paths"]["/api/sessions/{session_id}/messages"]["get"]["parameters"]
+    (cursor,) = [p for p in parameters if p.get("name") == "cursor"]
+    return re.compile(cursor["schema"]["pattern"])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        *("0", "7", "00", "42", "2147483646", "2147483647", "2147483648", "2147483650"),
+        *("3000000000", "9999999999", "02147483647", "000000002147483647", "0" * 18, "0" * 19),
+        *("0000000002147483647", "000000000000000001", "12345678901", "", "-1", "1.0"),
+        *(" 1", "1 ", "1\n", "latest", "abc", "\u0661", "1e3", "+1"),
+    ],
+)
+def test_the_message_cursor_pattern_is_what_the_service_accepts(message_cursor_pattern, value):
+    matched = message_cursor_pattern.fullmatch(value) is not None
+    assert matched == _message_cursor_accepted(value)
+
+
+@given(st.from_regex(r"\A[0-9]{1,20}\Z") | st.integers(0, 2**32).map(str))
+def test_the_message_cursor_pattern_agrees_with_the_parser(message_cursor_pattern, value):
+    matched = message_cursor_pattern.fullmatch(value) is not None
+    assert matched == _message_cursor_accepted(value)
+
+
+@pytest.mark.parametrize("maximum", [0, 1, 7, 9, 10, 11, 20, 99, 100, 305, 1020])
+def test_numerals_up_to_a_maximum(maximum):
+    # Every numeral of up to one digit more than the pattern allows.
+    for digits in (len(str(maximum)), len(str(maximum)) + 1):
+        pattern = re.compile(openapi.numerals_up_to(maximum, digits))
+        for length in range(1, digits + 2):
+            for numeral in map("".join, itertools.product("0123456789", repeat=length)):
+                expected = length <= digits and int(numeral) <= maximum
+                assert (pattern.fullmatch(numeral) is not None) == expected, (digits, numeral)
+
+
+def test_the_counts_by_status_are_all_required(document):
+    schemas_ = document["components"]["schemas"]
+    by_status = schemas_["SessionCount"]["properties"]["by_status"]
+    assert by_status == {"$ref": "#/components/schemas/StatusCounts"}
+    counts = schemas_["StatusCounts"]
+    assert counts["required"] == ["created", "active", "paused", "completed", "failed"]
+    assert set(counts["required"]) == set(counts["properties"])
+    assert schemas_["SessionCount"]["required"] == ["count", "by_status"]

@@ -84,7 +84,7 @@ def _query(filters, names):
 class SessionsClient:
     """A client of the Session API.
 
-    ``SessionsClient(base_url, token=None, timeout=10.0, max_retries=3)``;
+    ``SessionsClient(base_url, token=None, timeout=DEFAULT_TIMEOUT, max_retries=3)``;
     ``SessionsClient.from_env()`` reads ``SESSIONS_API_URL`` and
     ``SESSIONS_API_TOKEN``.  Use it as a context manager, or call ``close()``.
 

@@ -15,7 +15,7 @@ from functools import partial, wraps
 import click
 import stamina.instrumentation
 
-from .api import SessionsClient
+from .api import DEFAULT_TIMEOUT, SessionsClient
 from .errors import ApiError, ConnectionFailed, SessionsError
 
 EXIT_API_ERROR = 1
@@ -258,7 +258,9 @@ def client_of(ctx):
     help="The service, e.g. http://127.0.0.1:8000 [SESSIONS_API_URL].",
 )
 @click.option("--token", envvar="SESSIONS_API_TOKEN", help="A bearer token [SESSIONS_API_TOKEN].")
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per request.")
+@click.option(
+    "--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True, help="Seconds per request."
+)
 @click.version_option(package_name="sessions_app", prog_name="sessions")
 @click.pass_context
 def main(ctx, url, token, timeout):
