@@ -6,7 +6,6 @@ import re
 from marshmallow import ValidationError, fields, validate
 
 from . import containment, jsonio
-from .paging import NOT_ISSUED
 from .timefmt import NOT_RFC3339, format_us, parse_rfc3339_us
 
 #: How deep ``data`` may nest; deeper documents are refused, not truncated.
@@ -15,6 +14,8 @@ MAX_JSON_DEPTH = 100
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: A change's seq as text, as a cursor or a ``Last-Event-ID`` carries it.
 SEQ_PATTERN = "0|[1-9][0-9]{0,17}"
+#: Why a cursor is refused, whatever is wrong with it: clients pass back only what they were given.
+NOT_ISSUED = "Not a cursor this service issued."
 BAD_TEXT = "Must not contain NUL (U+0000) or unpaired surrogate characters."
 
 

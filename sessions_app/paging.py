@@ -16,11 +16,8 @@ import binascii
 import hashlib
 import re
 
-from .fields import INT64_MAX, INT64_MIN
+from .fields import INT64_MAX, INT64_MIN, NOT_ISSUED
 from .ids import SESSION_ID_PATTERN
-
-#: What a client is told of a cursor (or feed position) it cannot have been given.
-NOT_ISSUED = "Not a cursor this service issued."
 
 SORTS = ("created_at", "last_active")
 ORDERS = ("desc", "asc")

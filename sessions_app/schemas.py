@@ -17,6 +17,7 @@ from . import states
 from .dumping import dumper
 from .feed import kinds
 from .fields import (
+    NOT_ISSUED,
     CommaList,
     DataFilterField,
     FeedCursor,
@@ -31,7 +32,7 @@ from .fields import (
     Timestamp,
 )
 from .ids import MESSAGE_ID_PATTERN, SESSION_ID_PATTERN
-from .paging import NOT_ISSUED, ORDERS, SORTS, CursorError, session_position
+from .paging import ORDERS, SORTS, CursorError, session_position
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100

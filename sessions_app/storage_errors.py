@@ -5,7 +5,7 @@ Each message is the problem's ``detail`` as clients read it.
 
 from marshmallow import ValidationError
 
-from .paging import NOT_ISSUED
+from .fields import NOT_ISSUED
 
 
 class StorageError(Exception):
