@@ -181,14 +181,20 @@ def count_queries():
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def live_server(request, tmp_path_factory):
+def live_backend(request):
+    """The backend of the client's tests: of ``live_server``, or of an app in process."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def live_server(live_backend, tmp_path_factory):
     """A real Gunicorn (2 workers x 4 threads) on a fresh database, shared by the
     client's tests; yields its base URL.  Each test makes its own sessions."""
     from servers import serving
 
-    folder = tmp_path_factory.mktemp(f"live-{request.param}")
+    folder = tmp_path_factory.mktemp(f"live-{live_backend}")
     with (
-        new_database(request.param, folder) as url,
+        new_database(live_backend, folder) as url,
         serving(folder, WEB_CONCURRENCY="2", GUNICORN_THREADS="4", DATABASE_URL=url) as (
             base_url,
             _process,
