@@ -122,9 +122,9 @@ def test_an_unreachable_service_is_connection_failed():
 
 @pytest.fixture
 def client(request, live_backend, tmp_path, make_app):
-    """A client of the app in process, on a fresh database; a test that goes through
-    the fault proxy gets a client of the real server behind that proxy instead."""
-    if "proxy" in request.fixturenames:
+    """A client of the app in process, on a fresh database; a ``server``-marked test (one
+    that goes through the fault proxy, or many writers at once) gets one of the real server."""
+    if request.node.get_closest_marker("server"):
         with SessionsClient(request.getfixturevalue("live_server"), timeout=10) as client:
             yield client
         return
@@ -245,6 +245,7 @@ def test_list_filters_and_one_page(client):
     assert summary.prompt is None and summary.data is None and summary.raw.keys() >= {"id"}
 
 
+@pytest.mark.server
 def test_auto_paging_returns_each_of_2500_sessions_once(client):
     agent = new_agent()
     with ThreadPoolExecutor(8) as pool:
