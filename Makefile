@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export HOST PORT
 
-.PHONY: run dev test docs fuzz lint migrate init-db bench bench-data bench-finding bench-feed bench-fleet \
+.PHONY: run dev test test-fast docs fuzz lint migrate init-db bench bench-data bench-finding bench-feed bench-fleet \
 	bench-scoping prune clean
 
 $(BIN)/python:
@@ -37,9 +37,13 @@ migrate: $(VENV)/.installed
 ## init-db: the same as migrate (its older name)
 init-db: migrate
 
-## test: the whole suite (SQLite; PostgreSQL too when TEST_DATABASE_URL is set)
+## test: the whole suite (SQLite; PostgreSQL too when TEST_DATABASE_URL is set); the 25 slowest tests
 test: $(VENV)/.installed-test
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=25 $(PYTEST_ARGS)
+
+## test-fast: the inner loop: SQLite only, without the tests that start real servers
+test-fast: $(VENV)/.installed-test
+	TEST_DATABASE_URL= $(BIN)/pytest -m "not server" $(PYTEST_ARGS)
 
 $(VENV)/.installed-docs: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[docs]"

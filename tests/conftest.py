@@ -7,10 +7,10 @@ import threading
 from contextlib import contextmanager
 
 import pytest
-from databases import BACKENDS, new_database
+from databases import BACKENDS, Migrated, new_database
 from servers import serving
 
-from sessions_app import create_app, db, migrations
+from sessions_app import create_app, db
 
 
 @pytest.fixture(params=BACKENDS)
@@ -48,14 +48,29 @@ def server(server_database_url, tmp_path_factory):
         print(f"\n[server log: {run_dir / 'gunicorn.log'}]")
 
 
+@pytest.fixture(scope="session")
+def migrated(tmp_path_factory):
+    """The schema, migrated once per run (see ``databases.Migrated``)."""
+    return Migrated(tmp_path_factory.mktemp("migrated"))
+
+
 @pytest.fixture
-def app(database_url):
-    app = create_app({"TESTING": True, "DATABASE_URL": database_url})
-    migrations.upgrade()
-    if database_url.startswith("postgres"):
-        with db.database.connection_context():
-            tables = [t for t in db.database.get_tables() if t != migrations.HISTORY_TABLE]
-            db.database.execute_sql(f"TRUNCATE {', '.join(tables)}")
+def make_app(migrated):
+    """``make_app(database_url, **settings)``: an app on that database, freshly migrated
+    and empty (a copy of the migrated SQLite file; PostgreSQL's tables emptied)."""
+
+    def make(database_url, **settings):
+        migrated.prepare(database_url)
+        app = create_app({"TESTING": True, "DATABASE_URL": database_url, **settings})
+        migrated.empty(database_url)
+        return app
+
+    return make
+
+
+@pytest.fixture
+def app(database_url, make_app):
+    app = make_app(database_url)
     yield app
     db.database.close_all()
 
@@ -166,14 +181,20 @@ def count_queries():
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def live_server(request, tmp_path_factory):
+def live_backend(request):
+    """The backend of the client's tests: of ``live_server``, or of an app in process."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def live_server(live_backend, tmp_path_factory):
     """A real Gunicorn (2 workers x 4 threads) on a fresh database, shared by the
     client's tests; yields its base URL.  Each test makes its own sessions."""
     from servers import serving
 
-    folder = tmp_path_factory.mktemp(f"live-{request.param}")
+    folder = tmp_path_factory.mktemp(f"live-{live_backend}")
     with (
-        new_database(request.param, folder) as url,
+        new_database(live_backend, folder) as url,
         serving(folder, WEB_CONCURRENCY="2", GUNICORN_THREADS="4", DATABASE_URL=url) as (
             base_url,
             _process,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from servers import log_lines, start_gunicorn, stop
 
-from sessions_app import auth, create_app, db, exposure, migrations
+from sessions_app import auth, db, exposure
 
 READ_WRITE = ("rw-token-1", "rw-token-2")
 READ_ONLY = "ro-token-1"
@@ -16,17 +16,13 @@ INVALID = "The bearer token is not valid."
 
 
 @pytest.fixture
-def guarded(tmp_path):
+def guarded(tmp_path, make_app):
     """A client of an app that requires a token (spaces and empty items in the lists)."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": f"sqlite:///{tmp_path}/s.sqlite3",
-            "SESSIONS_API_TOKENS": f" {READ_WRITE[0]} ,,{READ_WRITE[1]}",
-            "SESSIONS_API_READONLY_TOKENS": READ_ONLY,
-        }
+    app = make_app(
+        f"sqlite:///{tmp_path}/s.sqlite3",
+        SESSIONS_API_TOKENS=f" {READ_WRITE[0]} ,,{READ_WRITE[1]}",
+        SESSIONS_API_READONLY_TOKENS=READ_ONLY,
     )
-    migrations.upgrade()
     yield app.test_client()
     db.database.close_all()
 

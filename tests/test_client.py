@@ -1,4 +1,5 @@
-"""sessions_app.client against a real Gunicorn server, on SQLite and PostgreSQL."""
+"""sessions_app.client against the app in process, and against a real Gunicorn server for
+what only a server shows (answers lost on the way, restarts), on SQLite and PostgreSQL."""
 
 import contextlib
 import json
@@ -13,12 +14,14 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from databases import BACKENDS, new_database
 from faultproxy import FaultProxy
-from live import needs, new_agent
+from live import IN_PROCESS, needs, new_agent
 from servers import free_port, start_gunicorn, stop, wait_for, worker_pids
 
+from sessions_app import db
 from sessions_app.client import (
     ApiError,
     ConflictError,
@@ -118,12 +121,25 @@ def test_an_unreachable_service_is_connection_failed():
 
 
 @pytest.fixture
-def client(live_server):
-    with SessionsClient(live_server, timeout=10) as client:
-        yield client
+def client(request, live_backend, tmp_path, make_app):
+    """A client of the app in process, on a fresh database; a ``server``-marked test (one
+    that goes through the fault proxy, or many writers at once) gets one of the real server."""
+    if request.node.get_closest_marker("server"):
+        with SessionsClient(request.getfixturevalue("live_server"), timeout=10) as client:
+            yield client
+        return
+    if live_backend == "sqlite":
+        database_url = f"sqlite:///{tmp_path}/sessions.sqlite3"
+    else:
+        database_url = os.environ["TEST_DATABASE_URL"]
+    transport = httpx.WSGITransport(app=make_app(database_url))
+    try:
+        with SessionsClient(IN_PROCESS, timeout=10, transport=transport) as client:
+            yield client
+    finally:
+        db.database.close_all()
 
 
-@pytest.mark.server
 def test_create_get_and_the_raw_json(client):
     agent = new_agent()
     created = client.create(agent, task_id="task-1", prompt="Go", data={"model": "m"})
@@ -139,7 +155,6 @@ def test_create_get_and_the_raw_json(client):
     assert client.health() == {"status": "ok"}
 
 
-@pytest.mark.server
 def test_send_and_messages(client):
     session = client.create(new_agent())
     receipt = client.send(session.id, "hello")
@@ -157,7 +172,6 @@ def test_send_and_messages(client):
     assert (after.status, after.message_count, after.last_active) == ("active", 2, second.timestamp)
 
 
-@pytest.mark.server
 def test_messages_page_by_page(client):
     session = client.create(new_agent())
     sent = [client.send(session.id, f"m{n}").message_id for n in range(7)]
@@ -169,7 +183,6 @@ def test_messages_page_by_page(client):
     assert [m.message_id for m in pager] == sent
 
 
-@pytest.mark.server
 def test_update_status_data_and_prompt(client):
     session = client.create(new_agent(), prompt="p", data={"a": 1, "b": {"c": 2}})
     updated = client.update(session.id, status="paused", data={"a": None, "b": {"d": 3}})
@@ -183,7 +196,6 @@ def test_update_status_data_and_prompt(client):
     assert client.update(session.id).raw == cleared.raw
 
 
-@pytest.mark.server
 def test_delete_then_404(client):
     session = client.create(new_agent())
     client.send(session.id, "bye")
@@ -195,7 +207,6 @@ def test_delete_then_404(client):
     assert raised.value.status == 404
 
 
-@pytest.mark.server
 def test_errors_carry_the_problem_document(client):
     session = client.create(new_agent())
     with pytest.raises(NotFoundError) as missing:
@@ -218,7 +229,6 @@ def test_errors_carry_the_problem_document(client):
     assert isinstance(final.value, ApiError) and final.value.status == 409
 
 
-@pytest.mark.server
 def test_list_filters_and_one_page(client):
     agent = new_agent()
     made = [client.create(agent, task_id=f"t{n % 2}") for n in range(5)]
@@ -379,7 +389,6 @@ def test_watch_raises_gone_on_410(proxy):
 # -- contract sections 5-9, as the server gains them ---------------------------------
 
 
-@pytest.mark.server
 def test_if_match_versions(client):
     needs(client.base_url, "versions")
     session = client.create(new_agent())
@@ -394,7 +403,6 @@ def test_if_match_versions(client):
     client.delete(session.id, if_match=changed.etag)
 
 
-@pytest.mark.server
 def test_count(client):
     needs(client.base_url, "count")
     agent = new_agent()
@@ -412,7 +420,6 @@ def test_count(client):
     assert client.count(agent_id=agent, status=["failed", "paused"]).count == 1
 
 
-@pytest.mark.server
 def test_time_filters(client):
     needs(client.base_url, "time_filters")
     agent = new_agent()
@@ -427,7 +434,6 @@ def test_time_filters(client):
     assert [s.id for s in oldest_first] == [early.id, late.id]
 
 
-@pytest.mark.server
 def test_newest_messages_first(client):
     needs(client.base_url, "messages_order")
     session = client.create(new_agent())
@@ -435,7 +441,6 @@ def test_newest_messages_first(client):
     assert [m.message_id for m in client.messages(session.id, order="desc", limit=2)] == sent[::-1]
 
 
-@pytest.mark.server
 def test_tail_follows_new_messages(client):
     needs(client.base_url, "messages_wait")
     session = client.create(new_agent())
@@ -451,7 +456,6 @@ def test_tail_follows_new_messages(client):
     tailing.close()
 
 
-@pytest.mark.server
 def test_watch_sees_a_create_a_message_and_a_delete(client):
     needs(client.base_url, "changes")
     agent = new_agent()
@@ -591,7 +595,6 @@ def test_watch_as_a_stream_resumes_from_the_last_event(proxy):
     assert seen[1].path.endswith("cursor=9")
 
 
-@pytest.mark.server
 def test_sessions_and_count_by_data_and_bulk_changes(client):
     agent = new_agent()
     made = [client.create(agent, data={"pr": n % 2, "labels": ["x"]}) for n in range(4)]

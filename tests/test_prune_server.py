@@ -170,9 +170,24 @@ def seed_changes(url, count):
     at = now_us() - 8 * DAY * 1_000_000
     row = {"type": "session.created", "session_id": "session-old", "agent_id": "old",
            "task_id": None, "status": "created", "version": 1, "at": at}  # fmt: skip
+    # The rows are made by the database itself, in one statement: sent from
+    # here, 300,000 rows took about half of the test's time.
+    p = db.database.param
+    numbers = (
+        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {p}) "
+        if url.startswith("sqlite")
+        else ""
+    )
+    source = "n" if numbers else f"generate_series(1, {p})"
+    columns = ", ".join(row)
+    values = ", ".join([p] * len(row))
     with db.database.connection_context(), db.database.atomic():
-        for start in range(0, count, 5_000):
-            Change.insert_many([row] * min(5_000, count - start)).execute()
+        db.database.execute_sql(
+            f"{numbers}INSERT INTO {Change._meta.table_name} ({columns}) "
+            f"SELECT {values} FROM {source}",
+            [count, *row.values()] if numbers else [*row.values(), count],
+        )
+        assert Change.select().count() == count
     db.database.close_all()
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 from test_feed_stream import STREAM, parse, read_all
 
-from sessions_app import create_app, db, feed, migrations, scoping, tokenfile
+from sessions_app import db, feed, scoping, tokenfile
 from sessions_app.models import Session
 from sessions_app.prepared import Prepared, ScopeMissing
 from sessions_app.storage_errors import SessionNotFound
@@ -46,22 +46,10 @@ def bearer(token):
 
 
 @pytest.fixture
-def scoped_app(database_url, tmp_path):
+def scoped_app(database_url, tmp_path, make_app):
     path = tmp_path / "tokens.toml"
     path.write_text(TOKENS_TOML)
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SESSIONS_API_TOKENS_FILE": str(path),
-            "SESSIONS_API_TOKENS": ENV,
-        }
-    )
-    migrations.upgrade()
-    if database_url.startswith("postgres"):
-        with db.database.connection_context():
-            tables = [t for t in db.database.get_tables() if t != migrations.HISTORY_TABLE]
-            db.database.execute_sql(f"TRUNCATE {', '.join(tables)}")
+    app = make_app(database_url, SESSIONS_API_TOKENS_FILE=str(path), SESSIONS_API_TOKENS=ENV)
     yield app
     db.database.close_all()
 

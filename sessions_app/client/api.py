@@ -87,6 +87,8 @@ class SessionsClient:
     ``SessionsClient(base_url, token=None, timeout=DEFAULT_TIMEOUT, max_retries=3)``;
     ``SessionsClient.from_env()`` reads ``SESSIONS_API_URL`` and
     ``SESSIONS_API_TOKEN``.  Use it as a context manager, or call ``close()``.
+    ``transport`` is an httpx transport to send through instead of the
+    network (``httpx.WSGITransport(app=app)`` serves an app in process).
 
     Requests that are safe to send again are retried on a lost connection
     and on 502/503/504 (after ``Retry-After`` when the answer gives one):
@@ -100,6 +102,7 @@ class SessionsClient:
         token=None,
         timeout=DEFAULT_TIMEOUT,
         max_retries=DEFAULT_MAX_RETRIES,
+        transport=None,
     ):
         headers = {"User-Agent": _user_agent(), "Accept": "application/json"}
         if token:
@@ -107,7 +110,9 @@ class SessionsClient:
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self.timeout = timeout
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
 
     @classmethod
     def from_env(cls, environ=None, **kwargs):
