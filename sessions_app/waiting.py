@@ -18,10 +18,10 @@ How the watcher learns that something was committed:
   also looks every ``SAFETY_INTERVAL`` seconds, in case a notification was
   lost with a broken connection, and then has a pass run for changes a
   host that died left in the queue.
-- SQLite: one host, so the watcher reads the feed's newest changes every
-  ``POLL_INTERVAL`` seconds while the process has waiters (a primary-key
-  range read that finds nothing most of the time), and at once when a write
-  of its own process announces itself.
+- SQLite: one host, so the watcher looks every ``POLL_INTERVAL`` seconds
+  while the process has waiters, reading the feed's newest changes only when
+  SQLite's ``data_version`` says another connection committed, and at once
+  when a write of its own process announces itself.
 
 Capacity is counted in slots per process: a request that would need one
 when all are taken gets a 503 with ``Retry-After`` at once.
