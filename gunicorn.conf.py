@@ -89,9 +89,16 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 # 100 streams held, gets kept 0.94x (SQLite) and 0.98x (PostgreSQL) of
 # their throughput alone, messages 0.73x and 1.04x; workers 54 to 61 MB;
 # idle, the 1,100 waiters cost the 4 workers 1.1 s of CPU per 10 s.
-# The gevent worker runs the service correctly (tests/test_gevent.py) but
-# was not measured for waiting: a SQLite call stops every greenlet of its
-# worker while it runs, and threads already hold waiters for no connection.
+# The gevent worker runs the service correctly (tests/test_gevent.py);
+# measured for waiting (1,000 long polls and 100 streams held, load average
+# 7 to 20 on the 2 cores) it did not win: idle, the waiters cost its 4
+# workers 102 ms of CPU a second on SQLite against 79 to 88 for gthread
+# (95 against 61 on PostgreSQL), and in benchmarks/feed.py on SQLite its
+# commit-to-waiter probe got an answer that was not a page of changes
+# (likely a 503: gevent workers accept unevenly, and a worker past its
+# FEED_WAITERS_MAX slots refuses a waiter; not yet confirmed).  It needs the
+# gevent extra, and a SQLite call stops every greenlet of its worker while
+# it runs.
 threads = _settings["GUNICORN_THREADS"] + _settings["FEED_WAITERS_MAX"]
 
 # Clients (and nginx's upstream keepalive) reuse connections: closing each

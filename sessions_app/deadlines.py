@@ -51,6 +51,7 @@ class Watchdog:
         self._lock = threading.Condition()
         self._deadlines = {}  # Deadline -> (deadline, socket descriptor, seconds)
         self._pid = None
+        self._wakes_at = 0.0  # when the watchdog looks next (time.monotonic())
 
     @contextmanager
     def bound(self, conn, seconds):
@@ -61,10 +62,15 @@ class Watchdog:
         except Exception:
             yield token  # closed already: psycopg fails at once
             return
+        deadline = time.monotonic() + seconds
         with self._lock:
             self._start()
-            self._deadlines[token] = (time.monotonic() + seconds, fd, seconds)
-            self._lock.notify()
+            self._deadlines[token] = (deadline, fd, seconds)
+            # Woken only when this deadline comes before the watchdog's next look:
+            # waking it for every round trip cost each one a thread switch.
+            if deadline < self._wakes_at:
+                self._wakes_at = deadline
+                self._lock.notify()
         try:
             yield token
         finally:
@@ -88,7 +94,8 @@ class Watchdog:
                         token.passed = True
                         _shut_down(fd, seconds)
                 soonest = min((entry[0] for entry in self._deadlines.values()), default=now + 60)
-                self._lock.wait(max(0.01, soonest - now))
+                self._wakes_at = max(soonest, now + 0.01)
+                self._lock.wait(self._wakes_at - now)
 
 
 def _shut_down(fd, seconds):

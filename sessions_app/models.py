@@ -239,9 +239,10 @@ class Session(BaseModel):
         value moves ``last_active`` and ``version``.
         """
         with database.atomic():
-            row = _locked(_by_id(cls.select(), session_id)).first()
-            if row is None:
+            rows = _locked_session_by_id.rows(session_id=session_id)
+            if not rows:
                 raise SessionNotFound(session_id)
+            row = rows[0]
             check_if_match(if_match, row["version"])
             changed = _changes(row, patch)
             if changed:
@@ -262,14 +263,11 @@ class Session(BaseModel):
         """
         with database.atomic():
             if if_match is not None:
-                query = _by_id(cls.select(cls.version), session_id)
-                if database.for_update:
-                    query = query.for_update()
-                version = query.scalar()
-                if version is None:
+                found = _locked_version_by_id.execute(session_id=session_id).fetchall()
+                if not found:
                     raise SessionNotFound(session_id)
-                check_if_match(if_match, version)
-            deleted = delete_rows([session_id])
+                check_if_match(if_match, found[0][0])
+            deleted = _delete_session.rows(session_id=session_id)
             if not deleted:
                 raise SessionNotFound(session_id)
             record_tombstones(deleted, now_us())
@@ -302,6 +300,18 @@ def write_changes(rows, changed, now):
     """
     if "status" in changed:
         changed["status_changed_at"] = now
+    if len(rows) == 1:
+        # One session (a PATCH): its statement is prepared, per set of changed fields.
+        values = dict(changed)
+        if "data" in values:
+            values["data"] = Session.data.db_value(values["data"])
+        names = frozenset(changed)
+        statement = _change_statements.get(names)
+        if statement is None:
+            statement = _change_statements[names] = Prepared(partial(_change_query, names))
+        found = statement.rows(session_id=rows[0]["id"], now=now, **values)
+        rows[0].update(changed, last_active=now, version=found[0]["version"])
+        return [name for name in changes.UPDATABLE if name in changed]
     update = Session.update({**changed, "last_active": now, "version": Session.version + 1})
     ids = [row["id"] for row in rows]
     query = scoping.restrict(update.where(Session.id.in_(ids)), Session.agent_id)
@@ -440,6 +450,31 @@ _SUMMARY_FIELDS = (
 
 
 _version_by_id = Prepared(lambda session_id: _by_id(Session.select(Session.version), session_id))
+
+# A PATCH's and a DELETE's reads, the row locked for the transaction (where the database can).
+_locked_session_by_id = Prepared(lambda session_id: _locked(_by_id(Session.select(), session_id)))
+_locked_version_by_id = Prepared(
+    lambda session_id: _locked(_by_id(Session.select(Session.version), session_id))
+)
+_delete_session = Prepared(
+    lambda session_id: _by_id(Session.delete(), session_id).returning(
+        Session.id, *_TOMBSTONE_FIELDS
+    )
+)
+
+
+def _change_query(names, session_id, now, **values):
+    """Update one session's fields ``names`` (a PATCH's changes, see ``write_changes``)."""
+    # ``data`` comes as the JSON text to store; a value not given is NULL (a prompt taken away).
+    fields = {name: values.get(name) for name in names}
+    if fields.get("data") is not None:
+        fields["data"] = Value(fields["data"], converter=None)
+    update = Session.update({**fields, "last_active": now, "version": Session.version + 1})
+    return _by_id(update, session_id).returning(Session.version)
+
+
+#: frozenset of changed fields -> its Prepared update (see ``write_changes``).
+_change_statements = {}
 
 
 def _filtered(

@@ -105,6 +105,10 @@ def record_many(kind, sessions, at, **extra):
     """
     if not sessions:
         return
+    if len(sessions) == 1:
+        # One session (a PATCH, a DELETE): no batch to send.
+        record(kind, sessions[0], at, **extra)
+        return
     changed = extra.get("changed")
     rows = [
         {
