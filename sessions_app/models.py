@@ -311,7 +311,7 @@ def write_changes(rows, changed, now):
             statement = _change_statements[names] = Prepared(partial(_change_query, names))
         found = statement.rows(session_id=rows[0]["id"], now=now, **values)
         rows[0].update(changed, last_active=now, version=found[0]["version"])
-        return [name for name in changes.UPDATABLE if name in changed]
+        return [name for name in kinds.UPDATABLE if name in changed]
     update = Session.update({**changed, "last_active": now, "version": Session.version + 1})
     ids = [row["id"] for row in rows]
     query = scoping.restrict(update.where(Session.id.in_(ids)), Session.agent_id)
@@ -457,9 +457,7 @@ _locked_version_by_id = Prepared(
     lambda session_id: _locked(_by_id(Session.select(Session.version), session_id))
 )
 _delete_session = Prepared(
-    lambda session_id: _by_id(Session.delete(), session_id).returning(
-        Session.id, *_TOMBSTONE_FIELDS
-    )
+    lambda session_id: _by_id(Session.delete(), session_id).returning(Session.id, *TOMBSTONE_FIELDS)
 )
 
 
