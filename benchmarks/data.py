@@ -7,14 +7,21 @@ against real Gunicorn servers under the project's gunicorn.conf.py:
    dropped and the migration applied again, as an upgrade would (timed).
 2. List and count with a data filter at 100,000 sessions (5 agents), one
    wrk connection: a filter matching one session, alone and with its agent,
-   and one matching 2% of them (first page only).
+   and one matching 2% of them (first page only).  Besides the latencies:
+   the workers' CPU time per answer, which a loaded machine changes less.
 3. A bulk change of 10,000 sessions while 16 connections create sessions
    and send messages: its time, and the writers' throughput meanwhile as a
    share of theirs just before.
+4. SQLite only: what ``0008_agent_data_index`` (``data`` in the agent's
+   index) costs writes.  Two servers, one on a database with the migration
+   and one with it taken back, each with 20,000 sessions; 16 connections
+   create sessions, then PATCH sessions' ``data`` (each PATCH changes it),
+   in interleaved rounds; the ratio is the median of the rounds'
+   after/before throughputs.
 
 Environment: BENCH_QUICK=1 (one round of 2 s), BENCH_ROUNDS, BENCH_WINDOW,
 BENCH_DATABASE_URL (databases named after it with _data and _bulk are made
-and dropped), BENCH_ONLY (some of filters,bulk).
+and dropped), BENCH_ONLY (some of filters,bulk,writes).
 """
 
 import json
@@ -28,7 +35,7 @@ import time
 from urllib.parse import quote
 
 from .finding import AGENTS, CONNECTIONS, STATUSES, connect, database, insert
-from .run import RESULTS, machine, wrk
+from .run import RESULTS, machine, seed, wrk
 from .servers import Client, Server
 
 SESSIONS = 100_000
@@ -101,13 +108,18 @@ def bench_filters(kind, config, workdir):
             for name, path in paths.items():
                 status, answer = Client(server.port).call("GET", path)
                 assert status == 200, answer
+                cpu = server.cpu_seconds()
                 runs = [wrk(server.url, [f"GET {path}"], config["window"], 1, workdir)
                         for _ in range(config["rounds"])]  # fmt: skip
+                cpu = server.cpu_seconds() - cpu
                 found = answer.get("count", len(answer.get("sessions", ())))
                 result[name] = {
                     "found": found,
                     "p50_ms": statistics.median(r["p50_us"] for r in runs) / 1000,
                     "p99_ms": statistics.median(r["p99_us"] for r in runs) / 1000,
+                    # The workers' CPU per answer: what the query costs, which
+                    # a loaded machine's latency shows only with its waits.
+                    "cpu_ms": cpu * 1000 / max(1, sum(r["received"] for r in runs)),
                     "failed": sum(r["failed"] for r in runs),
                 }
         finally:
@@ -132,9 +144,12 @@ def bench_bulk(kind, config, workdir):
             answer, timing = {}, {}
 
             def change():
+                bulk = Client(server.port)
+                # Rests included, 10,000 sessions take longer than a plain request.
+                bulk.connection.timeout = 300
                 started = time.monotonic()
                 answer.update(
-                    Client(server.port).call(
+                    bulk.call(
                         "POST",
                         "/api/sessions/bulk",
                         {"filter": {"agent_id": "bulk"}, "set": {"status": "failed"},
@@ -166,6 +181,73 @@ def bench_bulk(kind, config, workdir):
     }
 
 
+def take_back_0008(url):
+    """Give a migrated SQLite database the agent's index as it was before 0008."""
+    with connect(url) as conn:
+        conn.execute('DROP INDEX "session_agent_id_id_data"')
+        conn.execute('CREATE INDEX "session_agent_id_id" ON "sessions" ("agent_id", "id")')
+
+
+def bench_writes(kind, config, workdir):
+    if kind != "sqlite":
+        return None  # 0008 changes nothing on PostgreSQL
+    with (
+        database(kind, workdir, "after") as after_url,
+        database(kind, workdir, "before") as before_url,
+    ):
+        take_back_0008(before_url)
+        now = time.time_ns() // 1000
+        servers = {}
+        for name, url in (("after", after_url), ("before", before_url)):
+            insert(url, rows(20_000, now))
+            servers[name] = Server(f"{kind}-writes-{name}", "wsgi:app", workdir, url).start()
+        try:
+            lines = {}
+            for name, server in servers.items():
+                targets = seed(server.port, ["bench-patch"], 100)
+                lines[name] = {
+                    "create": [
+                        'POST /api/sessions\t{"agent_id": "bench-create", "task_id": "t-1", '
+                        '"data": {"pr": 7, "repo": "repo-7", "labels": ["ci", "team-1"], '
+                        '"workdir": "/src/7"}}'
+                    ],
+                    # Each session's data alternates, so every PATCH writes.
+                    "patch data": [
+                        f'PATCH /api/sessions/{sid}\t{{"data": {{"pr": {n}}}}}'
+                        for n in (1, 2)
+                        for sid in targets
+                    ],
+                }
+            runs = {(s, name): [] for s in ("create", "patch data") for name in servers}
+            for r in range(config["rounds"]):
+                for scenario in ("create", "patch data"):
+                    order = ("before", "after") if r % 2 == 0 else ("after", "before")
+                    for name in order:
+                        figures = wrk(
+                            servers[name].url, lines[name][scenario], config["window"],
+                            CONNECTIONS, workdir,
+                        )  # fmt: skip
+                        runs[scenario, name].append(figures)
+                print(f"[{kind}] writes: round {r + 1}/{config['rounds']} done", flush=True)
+        finally:
+            for server in servers.values():
+                server.stop()
+    result = {}
+    for scenario in ("create", "patch data"):
+        before, after = runs[scenario, "before"], runs[scenario, "after"]
+        result[scenario] = {
+            "before_rps": statistics.median(f["rps"] for f in before),
+            "after_rps": statistics.median(f["rps"] for f in after),
+            "ratio": statistics.median(
+                a["rps"] / b["rps"] for a, b in zip(after, before, strict=True)
+            ),
+            "before_p99_ms": statistics.median(f["p99_us"] for f in before) / 1000,
+            "after_p99_ms": statistics.median(f["p99_us"] for f in after) / 1000,
+            "failed": sum(f["failed"] for f in before + after),
+        }
+    return result
+
+
 def report(kind, result):
     print(f"\n== {kind} ==")
     if "filters" in result:
@@ -174,7 +256,8 @@ def report(kind, result):
               f"{f['migration_seconds']:.2f} s")  # fmt: skip
         for name, q in f["queries"].items():
             print(f"{name:<31} found {q['found']:>5,}: p50 {q['p50_ms']:6.2f} ms, "
-                  f"p99 {q['p99_ms']:6.2f} ms, failed {q['failed']}")  # fmt: skip
+                  f"p99 {q['p99_ms']:6.2f} ms, CPU {q['cpu_ms']:6.2f} ms, "
+                  f"failed {q['failed']}")  # fmt: skip
     if "bulk" in result:
         b = result["bulk"]
         print(
@@ -183,12 +266,19 @@ def report(kind, result):
             f"{b['during_rps']:.0f}/s during (p99 {b['during_p99_ms']:.1f} ms), "
             f"{b['after_rps']:.0f}/s after: kept {b['kept']:.2f}; failed {b['failed']}"
         )
+    if result.get("writes"):
+        for scenario, w in result["writes"].items():
+            print(
+                f"{scenario} with 0008 against without: {w['after_rps']:.0f}/s against "
+                f"{w['before_rps']:.0f}/s, ratio {w['ratio']:.2f} (p99 {w['after_p99_ms']:.1f} "
+                f"against {w['before_p99_ms']:.1f} ms); failed {w['failed']}"
+            )
 
 
 def main():
     config = settings()
     kinds = ["sqlite"] + (["postgresql"] if os.environ.get("BENCH_DATABASE_URL") else [])
-    parts = {"filters": bench_filters, "bulk": bench_bulk}
+    parts = {"filters": bench_filters, "bulk": bench_bulk, "writes": bench_writes}
     only = os.environ.get("BENCH_ONLY", ",".join(parts)).split(",")
     run = {"machine": machine(), "settings": config, "results": {}}
     with tempfile.TemporaryDirectory(prefix="sessions-bench-data-") as workdir:
@@ -205,8 +295,12 @@ def main():
     queries = [
         q for r in run["results"].values() for q in r.get("filters", {}).get("queries", {}).values()
     ]
-    failed = any(q["failed"] for q in queries) or any(
-        r["bulk"]["failed"] for r in run["results"].values() if "bulk" in r
+    failed = (
+        any(q["failed"] for q in queries)
+        or any(r["bulk"]["failed"] for r in run["results"].values() if "bulk" in r)
+        or any(
+            w["failed"] for r in run["results"].values() for w in (r.get("writes") or {}).values()
+        )
     )
     return 1 if failed else 0
 

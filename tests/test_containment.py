@@ -7,7 +7,9 @@ exact function) with PostgreSQL's own ``@>`` on generated documents and
 filters, most of them made from the document so that many match.
 """
 
+import json
 import os
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -91,10 +93,11 @@ def sqlite():
     db.close()
 
 
-def sqlite_contains(sqlite, document, wanted):
+def sqlite_contains(sqlite, document, wanted, text=None):
+    """SQLite's answer on ``document`` stored as the service writes it (or as ``text``)."""
     db, doc = sqlite
     with db.atomic() as transaction:
-        doc.create(data=jsonio.dumps(document).decode())
+        doc.create(data=jsonio.dumps(document).decode() if text is None else text)
         condition = containment.condition(doc.data, DataFilter(wanted), db)
         found = doc.select().where(condition).count()
         transaction.rollback()
@@ -110,9 +113,9 @@ def postgresql():
         yield conn
 
 
-def postgresql_contains(conn, document, wanted):
+def postgresql_contains(conn, document, wanted, text=None):
     # The texts both databases see: data as stored, the filter as written.
-    texts = (jsonio.dumps(document).decode(), DataFilter(wanted).text)
+    texts = (jsonio.dumps(document).decode() if text is None else text, DataFilter(wanted).text)
     return conn.execute("SELECT %s::jsonb @> %s::jsonb", texts).fetchone()[0]
 
 
@@ -130,6 +133,53 @@ def test_sqlite_answers_as_jsonb_does(sqlite, case):
 def test_the_table_is_what_postgresql_answers(postgresql, case):
     document, wanted, expected = case
     assert postgresql_contains(postgresql, document, wanted) is expected
+
+
+# Documents spelled otherwise than the service writes them: escapes,
+# exponents, trailing zeros, spaces.  SQLite's JSON checks read values as
+# JSON does, so none of these may hide a match (the keys they look up by
+# path are written as the service writes them: without escapes).
+# (document text, filter, contains?) as PostgreSQL answers.
+SPELLED = [
+    ('{"repo": "\\u0072epo-7"}', {"repo": "repo-7"}, True),
+    ('{"repo": "repo\\/7"}', {"repo": "repo/7"}, True),
+    ('{"s": "\\u00e9"}', {"s": "é"}, True),
+    ('{"s": "\\ud83d\\ude00"}', {"s": "😀"}, True),
+    ('{"labels": ["c\\u0069"]}', {"labels": ["ci"]}, True),
+    ('{"repo": "repo-70"}', {"repo": "repo-7"}, False),
+    ('{"pr": 4.242e3}', {"pr": 4242}, True),
+    ('{"pr": 4242E+0}', {"pr": 4242}, True),
+    ('{"pr": 42420e-1}', {"pr": 4242}, True),
+    ('{"pr": 0.4242e4}', {"pr": 4242.0}, True),
+    ('{"pr": 4242.000}', {"pr": 4242}, True),
+    ('{"pr": -4242.0}', {"pr": -4242}, True),
+    ('{"pr": 14242}', {"pr": 4242}, False),
+    ('{"pr": 4242}', {"pr": 4242.5}, False),
+    ('{"n": 0.10}', {"n": 0.1}, True),
+    ('{"n": 1e-1}', {"n": 0.1}, True),
+    ('{"n": 1E300}', {"n": 1e300}, True),
+    ('{"n": -0}', {"n": 0}, True),
+    ('{"n": 0.0}', {"n": -0.0}, True),
+    ('{ "a" : { "b" : [ 1 , "x" ] } }', {"a": {"b": ["x", 1.0]}}, True),
+    ('{"a": {"b": [10, "xy"]}}', {"a": {"b": ["x", 1]}}, False),
+    ('{"a": "\\"", "b": 1}', {"a": '"'}, True),
+]
+
+
+def spelled_id(case):
+    return f"{case[0]}@>{jsonio.dumps(case[1]).decode()}"
+
+
+@pytest.mark.parametrize("case", SPELLED, ids=[spelled_id(c) for c in SPELLED])
+def test_sqlite_answers_as_jsonb_does_on_other_spellings(sqlite, case):
+    text, wanted, expected = case
+    assert sqlite_contains(sqlite, None, wanted, text=text) is expected
+
+
+@pytest.mark.parametrize("case", SPELLED, ids=[spelled_id(c) for c in SPELLED])
+def test_the_spellings_table_is_what_postgresql_answers(postgresql, case):
+    text, wanted, expected = case
+    assert postgresql_contains(postgresql, None, wanted, text=text) is expected
 
 
 # -- the property -------------------------------------------------------------
@@ -212,3 +262,63 @@ def test_sqlite_matches_postgresql_on_generated_documents(sqlite, postgresql, pa
     # The exact function alone, without the JSON checks SQLite runs first.
     texts = (jsonio.dumps(document).decode(), DataFilter(wanted).text)
     assert containment.contains_text(*texts) == expected
+
+
+@st.composite
+def spelled(draw, value):
+    """Draw a JSON text of ``value`` (numbers as Decimal) as another writer might spell it.
+
+    Keys are written as the service writes them: SQLite's JSON checks look
+    a key up by its path, which finds a key only as written, unescaped.
+    """
+    space = draw(st.sampled_from(["", " ", "\n  "]))
+    if isinstance(value, dict):
+        items = [
+            f"{jsonio.dumps(key).decode()}{space}:{space}{draw(spelled(item))}"
+            for key, item in value.items()
+        ]
+        return "{" + space + f",{space}".join(items) + space + "}"
+    if isinstance(value, list):
+        return "[" + space + f",{space}".join(draw(spelled(item)) for item in value) + space + "]"
+    if isinstance(value, str):
+        chars = []
+        for char in value:
+            must = char in '"\\' or char < " "
+            if must or draw(st.integers(0, 3)) == 0:
+                code = char.encode("utf-16-be")
+                units = [int.from_bytes(code[i : i + 2], "big") for i in range(0, len(code), 2)]
+                chars.append("".join(f"\\u{unit:04x}" for unit in units))
+            else:
+                chars.append(char)
+        return '"' + "".join(chars) + '"'
+    if isinstance(value, Decimal):
+        positional = format(value, "f")
+        return draw(
+            st.sampled_from(
+                [
+                    positional,
+                    positional + (".000" if "." not in positional else "00"),
+                    format(value, "e"),
+                    format(value, "E"),
+                    format(value.scaleb(1), "f") + "e-1",
+                ]
+            )
+        )
+    return jsonio.dumps(value).decode()
+
+
+@st.composite
+def spelled_documents_and_filters(draw):
+    document, wanted = draw(documents_and_filters())
+    parsed = json.loads(jsonio.dumps(document), parse_float=Decimal, parse_int=Decimal)
+    return draw(spelled(parsed)), wanted
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spelled_documents_and_filters())
+def test_sqlite_matches_postgresql_on_documents_spelled_otherwise(sqlite, postgresql, pair):
+    text, wanted = pair
+    if containment.depth(wanted) > containment.MAX_DEPTH:
+        return
+    expected = postgresql_contains(postgresql, None, wanted, text=text)
+    assert sqlite_contains(sqlite, None, wanted, text=text) is expected

@@ -270,3 +270,21 @@ def test_a_data_filter_with_an_agent_stays_in_that_agents_range(api, client, cou
             assert reads and all(re.match(r"SEARCH .*INDEX session_agent_id", d) for d in reads), (
                 details
             )
+
+
+@pytest.mark.parametrize("order", [o for o in SORTS if o["sort"] == "created_at"], ids=sort_id)
+def test_a_data_filter_with_an_agent_is_checked_on_the_agents_index_on_sqlite(
+    api, client, count_queries, order
+):
+    """The agent's index carries ``data`` (0008): the filter is checked there, not on rows."""
+    if on_postgresql():
+        pytest.skip("PostgreSQL keeps (agent_id, id): its GIN index serves data filters")
+    queries = data_queries(api, client, count_queries, agent_id="a", **order)
+    assert len(queries) == 3
+    for sql, params in queries:
+        plan = explain(sql, params)
+        details = "\n".join(detail for _node, _parent, detail in plan)
+        reads = [d for _n, _p, d in plan if re.match(r"(SCAN|SEARCH) \w", d)]
+        assert reads and all(
+            re.match(r"SEARCH .*INDEX session_agent_id_id_data \(agent_id=", d) for d in reads
+        ), details
