@@ -9,8 +9,9 @@ the feed's records of ``models.py``, which the single writes use too), so
 each session is changed once, or skipped when the status table forbids its
 move by then.  A batch writes in one statement and records its changes in
 one round trip (``feed.record_many``), last, so the feed's append lock is
-held that long only.  Between batches the bulk change rests as long as the batch
-took times ``REST`` (more on SQLite, whose one write lock a batch holds), so that single requests keep most of the database.
+held that long only.  Between batches the bulk change rests as long as the
+batch took times ``REST`` (more on SQLite, whose one write lock a batch
+holds), so that single requests keep most of the database.
 
 Only sessions the change applies to are found: for a status, those whose
 status may move to it (not those already there, nor final ones); for a
