@@ -34,7 +34,7 @@ import threading
 import time
 from urllib.parse import quote
 
-from .finding import AGENTS, CONNECTIONS, STATUSES, connect, database, insert
+from .finding import AGENTS, CONNECTIONS, STATUSES, before_and_after, connect, database, insert
 from .run import RESULTS, machine, seed, wrk
 from .servers import Client, Server
 
@@ -218,34 +218,10 @@ def bench_writes(kind, config, workdir):
                         for sid in targets
                     ],
                 }
-            runs = {(s, name): [] for s in ("create", "patch data") for name in servers}
-            for r in range(config["rounds"]):
-                for scenario in ("create", "patch data"):
-                    order = ("before", "after") if r % 2 == 0 else ("after", "before")
-                    for name in order:
-                        figures = wrk(
-                            servers[name].url, lines[name][scenario], config["window"],
-                            CONNECTIONS, workdir,
-                        )  # fmt: skip
-                        runs[scenario, name].append(figures)
-                print(f"[{kind}] writes: round {r + 1}/{config['rounds']} done", flush=True)
+            return before_and_after(kind, servers, lines, config, workdir)
         finally:
             for server in servers.values():
                 server.stop()
-    result = {}
-    for scenario in ("create", "patch data"):
-        before, after = runs[scenario, "before"], runs[scenario, "after"]
-        result[scenario] = {
-            "before_rps": statistics.median(f["rps"] for f in before),
-            "after_rps": statistics.median(f["rps"] for f in after),
-            "ratio": statistics.median(
-                a["rps"] / b["rps"] for a, b in zip(after, before, strict=True)
-            ),
-            "before_p99_ms": statistics.median(f["p99_us"] for f in before) / 1000,
-            "after_p99_ms": statistics.median(f["p99_us"] for f in after) / 1000,
-            "failed": sum(f["failed"] for f in before + after),
-        }
-    return result
 
 
 def report(kind, result):

@@ -208,22 +208,32 @@ def bench_writes(kind, config, workdir):
                     ],
                     "message": [f"POST /api/sessions/{sid}/message\t{body}" for sid in targets],
                 }
-            runs = {(s, name): [] for s in ("create", "message") for name in servers}
-            for r in range(config["rounds"]):
-                for scenario in ("create", "message"):
-                    order = ("before", "after") if r % 2 == 0 else ("after", "before")
-                    for name in order:
-                        figures = wrk(
-                            servers[name].url, lines[name][scenario], config["window"],
-                            CONNECTIONS, workdir,
-                        )  # fmt: skip
-                        runs[scenario, name].append(figures)
-                print(f"[{kind}] writes: round {r + 1}/{config['rounds']} done", flush=True)
+            return before_and_after(kind, servers, lines, config, workdir)
         finally:
             for server in servers.values():
                 server.stop()
+
+
+def before_and_after(kind, servers, lines, config, workdir):
+    """Run each scenario of ``lines`` on the "before" and "after" servers in interleaved rounds.
+
+    Return per scenario the medians of both and the median of the rounds'
+    after/before ratios, so that a machine's drift weighs on both sides.
+    """
+    scenarios = tuple(lines["after"])
+    runs = {(s, name): [] for s in scenarios for name in servers}
+    for r in range(config["rounds"]):
+        for scenario in scenarios:
+            order = ("before", "after") if r % 2 == 0 else ("after", "before")
+            for name in order:
+                figures = wrk(
+                    servers[name].url, lines[name][scenario], config["window"],
+                    CONNECTIONS, workdir,
+                )  # fmt: skip
+                runs[scenario, name].append(figures)
+        print(f"[{kind}] writes: round {r + 1}/{config['rounds']} done", flush=True)
     result = {}
-    for scenario in ("create", "message"):
+    for scenario in scenarios:
         before, after = runs[scenario, "before"], runs[scenario, "after"]
         result[scenario] = {
             "before_rps": statistics.median(f["rps"] for f in before),
