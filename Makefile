@@ -37,9 +37,11 @@ migrate: $(VENV)/.installed
 ## init-db: the same as migrate (its older name)
 init-db: migrate
 
-## test: the whole suite (SQLite; PostgreSQL too when TEST_DATABASE_URL is set); the 25 slowest tests
+## test: the whole suite (SQLite; PostgreSQL too when TEST_DATABASE_URL is set) in TEST_WORKERS
+## processes (pytest-xdist: each module on one, see tests/conftest.py); the 25 slowest tests
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
-	$(BIN)/pytest --durations=25 $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 ## test-fast: the inner loop: SQLite only, without the tests that start real servers
 test-fast: $(VENV)/.installed-test

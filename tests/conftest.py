@@ -7,10 +7,51 @@ import threading
 from contextlib import contextmanager
 
 import pytest
-from databases import BACKENDS, Migrated, new_database
+from databases import BACKENDS, Migrated, new_database, worker_database
 from servers import serving
 
 from sessions_app import create_app, db
+
+# Under pytest-xdist (``make test`` runs it) each worker process gets a
+# PostgreSQL database of its own, made from TEST_DATABASE_URL's name and
+# dropped at the end: set here, before any test module reads the variable.
+_worker_database = worker_database()
+_worker_url = _worker_database.__enter__()
+if _worker_url is not None:
+    os.environ["TEST_DATABASE_URL"] = _worker_url
+
+
+def pytest_unconfigure(config):
+    _worker_database.__exit__(None, None, None)
+
+
+#: Modules that load the machine on purpose and check what holds under that
+#: load (no 503, bounds in seconds): under pytest-xdist they run one after
+#: another on one worker, first, each while the other workers run lighter tests.
+UNDER_LOAD = (
+    "test_prune_server.py",
+    "test_bulk_server.py",
+    "test_db_frozen.py",
+    "test_feed_order.py",
+    "test_db_cut_off.py",
+    "test_outage.py",
+)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): the pytest-xdist worker group")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``): a module is a group (its module-scoped
+    servers start once), but the UNDER_LOAD modules are one group, which starts first,
+    then the other real-server modules, the longest, then the rest."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("under-load" if name in UNDER_LOAD else name))
+    items.sort(key=lambda item: (item.path.name not in UNDER_LOAD, "server" not in item.keywords))
 
 
 @pytest.fixture(params=BACKENDS)

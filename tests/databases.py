@@ -35,6 +35,32 @@ def new_database(backend, tmp_path):
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def worker_database():
+    """Under a pytest-xdist worker with TEST_DATABASE_URL set: make a database of the
+    worker's own (``<name>_gw0``…) on that server, yield its URL, drop it after.
+    Otherwise yield None.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker or not os.environ.get("TEST_DATABASE_URL"):
+        yield None
+        return
+    url = urlsplit(os.environ["TEST_DATABASE_URL"])
+    name = f"{url.path.lstrip('/')}_{worker}"
+    admin_url = url._replace(path="/postgres").geturl()
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        # One left behind by a run that was killed: start afresh.
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url._replace(path=f"/{name}").geturl()
+    finally:
+        if db.database.obj is not None:
+            db.database.close_all()
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 class Migrated:
     """The newest schema, migrated once per run, for each test to start from.
 

@@ -212,7 +212,11 @@ FILTERS = [
 ]
 
 
-@pytest.mark.parametrize("filters, expected", FILTERS, ids=lambda f: repr(f))
+# A set's id lists it sorted: the same in every process (pytest-xdist's workers
+# must collect the same ids; a set's order follows the string hash's seed).
+@pytest.mark.parametrize(
+    "filters, expected", FILTERS, ids=lambda f: repr(sorted(f) if isinstance(f, set) else f)
+)
 def test_filters_match_exactly(api, client, filters, expected):
     made = {
         "s1": api.create(agent_id="a", task_id="t")["id"],

@@ -37,6 +37,7 @@ from sessions_app.client import (
     Session,
     SessionsClient,
     UnprocessableError,
+    retries,
 )
 from sessions_app.client.errors import retry_after_seconds
 
@@ -476,7 +477,9 @@ def test_watch_sees_a_create_a_message_and_a_delete(client):
 @pytest.mark.server
 @pytest.mark.parametrize("stream", [False, True], ids=["long-poll", "stream"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_watch_misses_nothing_across_a_server_restart(backend, stream, tmp_path):
+def test_watch_misses_nothing_across_a_server_restart(backend, stream, tmp_path, monkeypatch):
+    # Backoff up to half a second, not 5 s: the watcher is back soon after the server.
+    monkeypatch.setattr(retries, "WAIT_MAX", 0.5)
     env = {"BIND": f"127.0.0.1:{free_port()}", "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "4"}
     base_url = f"http://{env['BIND']}"
     with new_database(backend, tmp_path) as url, SessionsClient(base_url) as client:

@@ -104,7 +104,7 @@ class Follower(threading.Thread):
             stopping = self.stop.is_set()
             response = http.get(
                 f"{self.base_url}/api/changes",
-                params={"cursor": cursor, "wait": 1 if stopping else 5, **self.filters},
+                params={"cursor": cursor, "wait": 1 if stopping else 2, **self.filters},
                 timeout=30,
             )
             if response.status_code != 200:
