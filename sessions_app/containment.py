@@ -28,7 +28,16 @@ condition every match meets, which spares the function most rows.
 import json
 from decimal import Decimal
 
-from peewee import SQL, Cast, Expression, PostgresqlDatabase, SqliteDatabase, Value, fn
+from peewee import (
+    SQL,
+    Cast,
+    Expression,
+    NodeList,
+    PostgresqlDatabase,
+    SqliteDatabase,
+    Value,
+    fn,
+)
 
 from . import jsonio
 
@@ -137,9 +146,12 @@ def condition(column, data_filter, db):
         return Expression(Cast(column, "jsonb"), "@>", SQL(_jsonb_literal(data_filter.text)))
     exact = fn.json_contains(column, Value(data_filter.text)) == 1
     checks = list(_sqlite_checks(column, data_filter.value, "$"))
-    for check in reversed(checks):
-        exact = check & exact
-    return exact
+    if not checks:
+        return exact
+    # One flat AND, cheap checks first: chained with ``&`` each would nest a
+    # level deeper, and SQLite's parser refuses an expression past about a
+    # hundred levels (a filter of 50 keys was "parser stack overflow").
+    return NodeList([*checks, exact], " AND ", parens=True)
 
 
 def _jsonb_literal(text):

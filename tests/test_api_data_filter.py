@@ -158,3 +158,17 @@ def test_dollars_percents_quotes_and_backslashes_in_a_filter_are_plain_text(api)
     for key, value in data.items():
         found = api.list(data=json.dumps({key: value}))["sessions"]
         assert [s["id"] for s in found] == [session["id"]], key
+
+
+def test_a_filter_of_many_keys_is_answered(api, client):
+    # Up to the 4,096 characters a filter may have: about 300 keys, each a
+    # check of its own on SQLite, all in one flat condition.
+    data = {f"k{n}": n for n in range(300)}
+    kept = api.create(agent_id="a", data=data)
+    api.create(agent_id="a", data={**data, "k299": -1})
+    wanted = json.dumps(data, separators=(",", ":"))
+    assert len(wanted) <= 4096
+    assert ids_of(api, data=wanted) == [kept["id"]]
+    assert ids_of(api, data=wanted, agent_id="a") == [kept["id"]]
+    count = client.get("/api/sessions/count", query_string={"data": wanted}).get_json()
+    assert count["count"] == 1
