@@ -23,16 +23,8 @@ def new_database(backend, tmp_path):
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path}/{uuid.uuid4().hex[:12]}.sqlite3"
         return
-    url = urlsplit(os.environ["TEST_DATABASE_URL"])
-    name = f"{url.path.lstrip('/')}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url._replace(path="/postgres").geturl(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield url._replace(path=f"/{name}").geturl()
-        finally:
-            if db.database.obj is not None:
-                db.database.close_all()
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with _server_database(uuid.uuid4().hex[:12]) as url:
+        yield url
 
 
 @contextmanager
@@ -45,11 +37,21 @@ def worker_database():
     if not worker or not os.environ.get("TEST_DATABASE_URL"):
         yield None
         return
+    with _server_database(worker) as url:
+        yield url
+
+
+@contextmanager
+def _server_database(suffix):
+    """Make the database ``<TEST_DATABASE_URL's name>_<suffix>`` on its server; yield its URL.
+
+    One of that name left behind by a run that was killed is dropped first;
+    the database is dropped after.
+    """
     url = urlsplit(os.environ["TEST_DATABASE_URL"])
-    name = f"{url.path.lstrip('/')}_{worker}"
+    name = f"{url.path.lstrip('/')}_{suffix}"
     admin_url = url._replace(path="/postgres").geturl()
     with psycopg.connect(admin_url, autocommit=True) as admin:
-        # One left behind by a run that was killed: start afresh.
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
