@@ -319,25 +319,30 @@ def write_changes(rows, changed, now):
     if "status" in changed:
         changed["status_changed_at"] = now
     if len(rows) == 1:
-        # One session (a PATCH): its statement is prepared, per set of changed fields.
-        values = dict(changed)
-        if "data" in values:
-            values["data"] = Session.data.db_value(values["data"])
-        names = frozenset(changed)
-        statement = _change_statements.get(names)
-        if statement is None:
-            statement = _change_statements[names] = Prepared(partial(_change_query, names))
-        found = statement.rows(session_id=rows[0]["id"], now=now, **values)
-        rows[0].update(changed, last_active=now, version=found[0]["version"])
-        return [name for name in kinds.UPDATABLE if name in changed]
-    update = Session.update({**changed, "last_active": now, "version": Session.version + 1})
-    ids = [row["id"] for row in rows]
-    query = scoping.restrict(update.where(Session.id.in_(ids)), Session.agent_id)
-    query = query.returning(Session.id, Session.version)
-    versions = dict(query.tuples().execute())
+        versions = {rows[0]["id"]: _write_one(rows[0]["id"], changed, now)}
+    else:
+        update = Session.update({**changed, "last_active": now, "version": Session.version + 1})
+        ids = [row["id"] for row in rows]
+        query = scoping.restrict(update.where(Session.id.in_(ids)), Session.agent_id)
+        versions = dict(query.returning(Session.id, Session.version).tuples().execute())
     for row in rows:
         row.update(changed, last_active=now, version=versions[row["id"]])
     return [name for name in kinds.UPDATABLE if name in changed]
+
+
+def _write_one(session_id, changed, now):
+    """Store ``changed`` on one session (a PATCH) with its prepared statement; return its version.
+
+    The statement is prepared once per set of changed fields.
+    """
+    values = dict(changed)
+    if "data" in values:
+        values["data"] = Session.data.db_value(values["data"])
+    names = frozenset(changed)
+    statement = _change_statements.get(names)
+    if statement is None:
+        statement = _change_statements[names] = Prepared(partial(_change_query, names))
+    return statement.rows(session_id=session_id, now=now, **values)[0]["version"]
 
 
 def record_updates(rows, fields, now):
