@@ -44,6 +44,19 @@ class OrjsonProvider(JSONProvider):
 class SessionsFlask(Flask):
     json_provider_class = OrjsonProvider
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sync = {}  # view or hook -> what ensure_sync made of it
+
+    def ensure_sync(self, func):
+        # Flask asks, for the view and each hook of every request, whether it
+        # is an ``async def`` (an inspection costing microseconds each time);
+        # the answer for one of the app's functions never changes.
+        sync = self._sync.get(func)
+        if sync is None:
+            sync = self._sync[func] = super().ensure_sync(func)
+        return sync
+
 
 def create_app(mapping=None):
     """Build the app: defaults, then the environment, then ``mapping``."""

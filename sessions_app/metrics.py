@@ -97,13 +97,30 @@ def init_app(app):
 
     from . import requestlog
 
+    # (method, route, status, token) -> the series a request of them counts in:
+    # ``labels()`` checks and looks up its values on every call, and every
+    # request counts, so each combination's series are looked up once.
+    series = {}
+
     def _count(response):
-        method = request.method if request.method in _METHODS else "OTHER"
-        route = request.url_rule.rule if request.url_rule else _UNMATCHED
-        REQUESTS.labels(method, route, str(response.status_code)).inc()
+        req = request._get_current_object()
+        method = req.method if req.method in _METHODS else "OTHER"
+        rule = req.url_rule
+        route = rule.rule if rule is not None else _UNMATCHED
         # Names come from the configuration (auth sets them), never from the client.
-        REQUESTS_BY_TOKEN.labels(g.get("token_name") or _NO_TOKEN).inc()
-        LATENCY.labels(method, route).observe(requestlog.elapsed())
+        token = g.get("token_name") or _NO_TOKEN
+        key = (method, route, response.status_code, token)
+        counted = series.get(key)
+        if counted is None:
+            counted = series[key] = (
+                REQUESTS.labels(method, route, str(response.status_code)),
+                REQUESTS_BY_TOKEN.labels(token),
+                LATENCY.labels(method, route),
+            )
+        requests, by_token, latency = counted
+        requests.inc()
+        by_token.inc()
+        latency.observe(requestlog.elapsed())
         return response
 
     bp = Blueprint("metrics", __name__)

@@ -4,8 +4,8 @@ The id names one request across nginx's log, this service's log lines and
 the problem document a client got (its ``instance``).
 """
 
+import os
 import re
-import uuid
 
 from flask import g, has_request_context, request
 
@@ -24,8 +24,10 @@ def current():
 
 
 def _take():
-    sent = request.headers.get(HEADER, "")
-    g.request_id = sent if _is_sane(sent) else uuid.uuid4().hex
+    sent = request.headers.get(HEADER)
+    # 128 random bits as 32 hex digits (what uuid4().hex gave, without the
+    # UUID object made and taken apart on every request).
+    g.request_id = sent if sent and _is_sane(sent) else os.urandom(16).hex()
 
 
 def _echo(response):
