@@ -347,7 +347,7 @@ class MessageListSchema(OutSchema):
     next_cursor = fields.String(allow_none=True)
 
 
-class BulkSkippedSchema(Schema):
+class BulkSkippedSchema(OutSchema):
     conflict = fields.Integer(
         metadata={"description": "Sessions whose move the status table forbade by then."}
     )
