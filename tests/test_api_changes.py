@@ -425,3 +425,35 @@ def test_a_full_house_is_503_with_retry_after(database_url):
         assert app.test_client().get("/api/changes?cursor=latest&wait=1").status_code == 200
     finally:
         db.database.close_all()
+
+
+class _CountedEvent(threading.Event):
+    def __init__(self):
+        super().__init__()
+        self.sets = 0
+
+    def set(self):
+        self.sets += 1
+        super().set()
+
+
+# SQLite only: on PostgreSQL a change gets its seq from a publishing pass.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_sqlite_write_with_no_one_following_wakes_no_watcher(app, api, client):
+    """The hub moves past the write's change itself; a follower still gets the next ones."""
+    with app.app_context():
+        hub = feed.current_hub()
+        hub.start()  # as the first waiter would; no one follows
+    hub._poke = poke = _CountedEvent()
+    made = [api.create(agent_id=f"a{n}") for n in range(5)]
+    newest = everything(client)[-1]
+    assert newest["session_id"] == made[-1]["id"]
+    assert poke.sets == 0
+    assert hub.horizon == newest["seq"]
+    # With someone following, a write wakes the watcher, which hands it over.
+    writer_api = type(api)(app.test_client())
+    thread = later(0.3, lambda: writer_api.create(agent_id="followed"))
+    page = changes(client, cursor=str(newest["seq"]), wait=10)
+    thread.join()
+    assert [c["agent_id"] for c in page["changes"]] == ["followed"]
+    assert poke.sets >= 1

@@ -15,12 +15,13 @@ from .reading import marks, position
 logger = logging.getLogger("sessions_app.feed")
 
 
-def committed():
+def committed(seq=None):
     """Wake the waiters of a write that just committed (on PostgreSQL, of every host).
 
-    ``record`` has it called after each commit that recorded a change.
+    ``record`` has it called after each commit that recorded a change, with
+    the change's seq when it has one already (SQLite).
     """
-    current_hub().announce()
+    current_hub().announce(seq)
 
 
 def read(cursor=None, limit=100, wait=0, gone=None, **filters):

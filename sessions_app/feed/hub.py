@@ -222,8 +222,13 @@ class Hub:
 
     # -- writers ----------------------------------------------------------------
 
-    def announce(self):
+    def announce(self, seq=None):
         """Say that a write of this process committed: wake the watchers that follow it.
+
+        SQLite: ``seq`` is the committed change's, or None when not known.
+        Writers commit one at a time, so every change up to it is committed:
+        with no follower to hand it to, the hub moves past it at once, and
+        the watcher sleeps on (it would have read only where the feed stands).
 
         On PostgreSQL the change waits in a queue for the publisher to give
         it its seq (``recording.py``); this returns once a publishing pass that
@@ -232,6 +237,11 @@ class Hub:
         change is published by the next pass of any host.
         """
         if not self._postgres:
+            if seq is not None:
+                with self.lock:
+                    if not self.following and self.horizon is not None:
+                        self.horizon = max(self.horizon, seq)
+                        return
             self._poke.set()
             return
         self._start_publisher()

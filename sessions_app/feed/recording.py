@@ -43,6 +43,8 @@ the feed finds its change.  A long transaction elsewhere in the database
 delays nothing: a pass waits only for the pass before it.
 """
 
+from functools import partial
+
 import peewee
 from peewee import PostgresqlDatabase
 
@@ -90,10 +92,13 @@ def record(kind, session, at, **extra):
         "reason": extra.get("reason"),
     }
     db = database.obj
-    db.execute_sql(_append_sql(db), [values[name] for name in _COLUMNS])
+    cursor = db.execute_sql(_append_sql(db), [values[name] for name in _COLUMNS])
+    # SQLite: the change's seq, which its commit makes the newest (writers
+    # commit one at a time).  PostgreSQL: a publishing pass gives it later.
+    seq = None if isinstance(db, PostgresqlDatabase) else cursor.lastrowid
     # The waiters are woken once the outermost transaction commits (a keyed
     # request's, say), never before: they would look and find nothing yet.
-    database.after_commit(follow.committed)
+    database.after_commit(partial(follow.committed, seq))
 
 
 def record_many(kind, sessions, at, **extra):
