@@ -213,7 +213,7 @@ class BoundedPooledPsycopg3Database(_Bounded, PooledPsycopg3Database):
         return True
 
     def _check_out(self):
-        """Return ``(connection, pooled at)``: a pooled one that answers its ping, or a new one."""
+        """Return ``(connection, pooled at)``: a pooled one (just back, or pinged) or a new one."""
         while True:
             with self._pool_lock:
                 conn, pooled_at, recent = self._take_idle()
