@@ -13,7 +13,8 @@ peewee's pool also takes a connection (and pings it with ``SELECT 1``) and
 opens a new one while holding locks that every thread of the process
 shares, so one thread's wait became everyone's.  ``BoundedPooledPsycopg3Database``
 takes a connection from the pool under the lock but pings or opens it
-outside, each bounded.
+outside, each bounded.  A connection given back moments ago is handed out
+without its ping (``ALIVE_BYPASS_WINDOW``).
 """
 
 import heapq
@@ -30,6 +31,17 @@ from playhouse.pool import MaxConnectionsExceeded, PoolConnection, PooledDatabas
 from playhouse.postgres_ext import PooledPsycopg3Database, Psycopg3Database
 
 logger = logging.getLogger(__name__)
+
+#: Seconds after its check-in during which a pooled connection is handed out
+#: without its ``SELECT 1`` ping (HikariCP's "alive bypass window", 500 ms).
+#: It answered its last statement that recently, so the ping (a round trip:
+#: half of a GET's on PostgreSQL) would almost always say what is known.  A
+#: server that went away within the window costs the request that takes the
+#: connection a 503, as it costs a request already on its way; that broken
+#: connection, given back, drops the pool's idle ones, so the next request
+#: opens a fresh one.  A silent server is bounded as mid-statement: by the
+#: statement's deadline rather than the ping's.
+ALIVE_BYPASS_WINDOW = 0.5
 
 
 class Deadline:
@@ -157,16 +169,23 @@ class BoundedPooledPsycopg3Database(_Bounded, PooledPsycopg3Database):
 
     ``ping_bound``: seconds for the ``SELECT 1`` that checks a pooled
     connection (the connect timeout: a live server answers in milliseconds).
-    When a ping fails, the other idle connections are dropped too (the
-    server behind them is the same); a new one is opened if the old one was
-    refused (a restarted server), and none if the ping went unanswered (a
-    silent server would keep a new one waiting as long: a 503 at once).
+    A connection given back less than ``alive_bypass`` seconds ago
+    (``ALIVE_BYPASS_WINDOW``) is not pinged.  When a ping fails, the other
+    idle connections are dropped too (the server behind them is the same); a
+    new one is opened if the old one was refused (a restarted server), and
+    none if the ping went unanswered (a silent server would keep a new one
+    waiting as long: a 503 at once).  A connection given back broken (the
+    server went away under its request) drops the idle ones as well.
     """
 
-    def __init__(self, *args, ping_bound=3, **kwargs):
+    def __init__(self, *args, ping_bound=3, alive_bypass=ALIVE_BYPASS_WINDOW, **kwargs):
         super().__init__(*args, **kwargs)
         self.ping_bound = ping_bound
+        self.alive_bypass = alive_bypass
         self._opening = 0
+        # Idle connections by key: when each was given back (time.monotonic()).
+        # peewee's heap holds when a connection was opened, not that.
+        self._checked_in = {}
 
     def connect(self, reuse_if_open=False):
         if not self._state.closed:
@@ -194,10 +213,10 @@ class BoundedPooledPsycopg3Database(_Bounded, PooledPsycopg3Database):
         return True
 
     def _check_out(self):
-        """Return ``(connection, pooled at)``: a pooled one that answers its ping, or a new one."""
+        """Return ``(connection, pooled at)``: a pooled one (just back, or pinged) or a new one."""
         while True:
             with self._pool_lock:
-                conn, pooled_at = self._take_idle()
+                conn, pooled_at, recent = self._take_idle()
                 if conn is None:
                     if self._max_connections and (
                         len(self._in_use) + self._opening >= self._max_connections
@@ -206,6 +225,8 @@ class BoundedPooledPsycopg3Database(_Bounded, PooledPsycopg3Database):
                     self._opening += 1
             if conn is None:
                 return self._open(), time.time()
+            if recent:
+                return conn, pooled_at
             answered, silent = self._ping(conn)
             if answered:
                 return conn, pooled_at
@@ -216,17 +237,32 @@ class BoundedPooledPsycopg3Database(_Bounded, PooledPsycopg3Database):
                 raise OperationalError("PostgreSQL did not answer the ping of a pooled connection")
 
     def _take_idle(self):
-        """Pop the oldest idle connection that is not closed or stale (under the pool lock)."""
+        """Pop the oldest idle connection that is not closed or stale (under the pool lock).
+
+        Return ``(connection, pooled at, recent)``: ``recent`` when it was
+        given back, idle, within ``alive_bypass`` seconds (it needs no ping).
+        """
         while self._connections:
             pooled_at, _counter, conn = heapq.heappop(self._connections)
-            if conn.closed or self._adapter.txn_status(conn) == self._adapter.txn_unknown:
+            key = self.conn_key(conn)
+            checked_in = self._checked_in.pop(key, None)
+            if self._broken(conn):
                 continue
             if self._stale_timeout and self._is_stale(pooled_at):
                 self._close_raw(conn)
                 continue
-            self._in_use[self.conn_key(conn)] = PoolConnection(pooled_at, conn, time.time())
-            return conn, pooled_at
-        return None, None
+            self._in_use[key] = PoolConnection(pooled_at, conn, time.time())
+            recent = (
+                checked_in is not None
+                and time.monotonic() - checked_in < self.alive_bypass
+                and self._adapter.txn_status(conn) == self._adapter.txn_idle
+            )
+            return conn, pooled_at, recent
+        return None, None, False
+
+    def _broken(self, conn):
+        """Tell whether psycopg knows ``conn`` lost its server (closed, or in no known state)."""
+        return conn.closed or self._adapter.txn_status(conn) == self._adapter.txn_unknown
 
     def _open(self):
         """Open a new connection outside the locks (``connect_timeout`` bounds it)."""
@@ -264,8 +300,30 @@ class BoundedPooledPsycopg3Database(_Bounded, PooledPsycopg3Database):
     def _drop_idle(self):
         with self._pool_lock:
             idle, self._connections = self._connections, []
+            self._checked_in.clear()
         for _pooled_at, _counter, conn in idle:
             self._close_raw(conn)
+        return len(idle)
+
+    def _close(self, conn, close_conn=False):
+        """Give ``conn`` back (peewee's check-in), noting when; a broken one drops the idle ones."""
+        key = self.conn_key(conn)
+        with self._pool_lock:
+            checked_out = key in self._in_use
+            broken = checked_out and not close_conn and self._broken(conn)
+            super()._close(conn, close_conn)
+            if checked_out and not conn.closed:
+                self._checked_in[key] = time.monotonic()
+        if broken:
+            # The server went away under a request: the idle connections to it
+            # are broken as well, and each would cost a request its 503.
+            dropped = self._drop_idle()
+            logger.info("A connection was given back broken: %d idle ones closed", dropped)
+
+    def close_idle(self):
+        with self._pool_lock:
+            super().close_idle()
+            self._checked_in.clear()
 
     def _can_reuse(self, conn):
         # At check-in, under the pool lock: a rollback left to do is bounded too.

@@ -14,7 +14,10 @@ How the watcher learns that something was committed:
   (``recording.py`` says why): after COMMIT the writer ``announce()``s, and one
   publisher thread per worker runs a pass for all the commits announced
   since its last one, with a single ``NOTIFY`` (a notifying commit takes an
-  instance-wide lock, so writers never notify themselves).  The watcher
+  instance-wide lock, so writers never notify themselves) whose payload is
+  the pass's newest seq: a watcher with no follower moves its horizon there
+  without reading the feed (it reads it for an empty payload, as earlier
+  releases sent).  The watcher
   also looks every ``SAFETY_INTERVAL`` seconds, in case a notification was
   lost with a broken connection, and then has a pass run for changes a
   host that died left in the queue.
@@ -356,7 +359,7 @@ class Hub:
                         # between its commit and its pass left in the queue.
                         self._start_publisher()
                         self._notify.set()
-                    self._catch_up()
+                    self._catch_up(published_through(notified))
             except Exception as exc:
                 self.reader.close()
                 if self._alive():
@@ -426,8 +429,13 @@ class Hub:
                 subscription._offer(change)
                 woken.add(subscription)
 
-    def _catch_up(self):
-        """Read the changes committed since the last look and hand them out."""
+    def _catch_up(self, published=None):
+        """Read the changes committed since the last look and hand them out.
+
+        ``published``: a seq up to which every change is known committed
+        (``published_through``), or None.  With no one to hand changes to,
+        the watcher moves on to it without a query.
+        """
         if not self._alive():
             return
         reader = self._reader()
@@ -435,7 +443,7 @@ class Hub:
             idle = not self.following
         if idle:
             # No one to hand changes to: move on without reading them.
-            newest = self.newest(reader)
+            newest = self.newest(reader) if published is None else published
             with self.lock:
                 if not self.following:
                     self.horizon = max(self.horizon, newest)
@@ -449,6 +457,23 @@ class Hub:
                 self.horizon = found[-1]["seq"]
             if len(found) < _BATCH:
                 return
+
+
+def published_through(notifications):
+    """Return the newest seq the publishing passes behind ``notifications`` name, or None.
+
+    A pass's payload is its newest seq, sent once the pass committed, and
+    passes commit in seq order: the largest payload is where the feed stands
+    at least.  None (read the feed) when there was no notification, or one
+    whose payload is not a seq (earlier releases sent an empty one).
+    """
+    seqs = []
+    for notification in notifications:
+        try:
+            seqs.append(int(notification.payload))
+        except ValueError:
+            return None
+    return max(seqs, default=None)
 
 
 def _private_copy(db):

@@ -158,7 +158,8 @@ _PUBLISH_SQL = (
     f"(SELECT id FROM change_queue ORDER BY id LIMIT {_PUBLISH_BATCH}) RETURNING *), "
     f"published AS (INSERT INTO changes ({', '.join(_COLUMNS)}) "
     f"SELECT {', '.join(_COLUMNS)} FROM moved ORDER BY id RETURNING seq) "
-    f"SELECT count(*), CASE WHEN count(*) > 0 THEN pg_notify('{hub.CHANNEL}', '') END "
+    "SELECT count(*), CASE WHEN count(*) > 0 THEN "
+    f"pg_notify('{hub.CHANNEL}', max(seq)::text) END "
     "FROM published; COMMIT"
 )
 
@@ -168,7 +169,9 @@ def publish(conn):
 
     PostgreSQL only; ``conn`` is a psycopg connection in autocommit mode.
     Each batch is one transaction under ``_APPEND_LOCK`` (so passes take
-    turns) and notifies the watchers once when it moved anything.
+    turns) and notifies the watchers once when it moved anything, with its
+    newest seq as the payload: every change up to it is committed then, so
+    a watcher with no one to hand changes to moves on without a query.
     """
     moved = 0
     while True:
