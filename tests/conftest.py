@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import pytest
 from databases import BACKENDS, Migrated, new_database, worker_database
 from servers import serving
+from xdist.scheduler import LoadScopeScheduling
 
 from sessions_app import create_app, db
 
@@ -27,7 +28,7 @@ def pytest_unconfigure(config):
 
 #: Modules that load the machine on purpose and check what holds under that
 #: load (no 503, bounds in seconds): under pytest-xdist they run one after
-#: another on one worker, first, each while the other workers run lighter tests.
+#: another on one worker, first, each while the other workers run the rest.
 UNDER_LOAD = (
     "test_prune_server.py",
     "test_bulk_server.py",
@@ -38,19 +39,44 @@ UNDER_LOAD = (
 )
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "xdist_group(name): the pytest-xdist worker group")
+def work_unit(nodeid):
+    """Return what a test is scheduled with: its module, or "under-load" for UNDER_LOAD's."""
+    module = nodeid.split("::", 1)[0]
+    return "under-load" if module.rpartition("/")[2] in UNDER_LOAD else module
+
+
+class ModuleScheduling(LoadScopeScheduling):
+    """``--dist loadgroup`` as this suite needs it: a module is one unit of work (its
+    module-scoped servers start once), the UNDER_LOAD modules together are one, and
+    units go out in the order of the collection (see ``pytest_collection_modifyitems``).
+
+    pytest-xdist's own loadgroup reads ``xdist_group`` marks by renaming each
+    item's node id, which pytest 9 no longer lets it do: every test was its own
+    unit, and the UNDER_LOAD modules ran beside each other.
+    """
+
+    def __init__(self, config, log=None):
+        super().__init__(config, log)
+        # Not by the number of tests: the units that take longest come first.
+        config.option.loadscopereorder = False
+
+    def _split_scope(self, nodeid):
+        return work_unit(nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") == "loadgroup":
+        return ModuleScheduling(config, log)
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``--dist loadgroup``): a module is a group (its module-scoped
-    servers start once), but the UNDER_LOAD modules are one group, which starts first,
-    then the other real-server modules, the longest, then the rest."""
+    """Under pytest-xdist, order the collection as the units should start: the
+    UNDER_LOAD modules first, then the other real-server modules, the longest,
+    then the rest."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("under-load" if name in UNDER_LOAD else name))
     items.sort(key=lambda item: (item.path.name not in UNDER_LOAD, "server" not in item.keywords))
 
 
