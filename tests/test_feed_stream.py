@@ -87,10 +87,11 @@ def test_events_parse_as_the_standard_says(streaming, api, client):
 
 def test_a_stream_without_cursor_starts_from_now_and_sees_new_changes(streaming, api):
     api.create(agent_id="before")
+    # Its position is taken when the response is made, before any event is read.
+    response = open_stream(streaming)
     chunks = []
-    reader = threading.Thread(target=lambda: chunks.extend(read_all(open_stream(streaming))))
+    reader = threading.Thread(target=lambda: chunks.extend(read_all(response)))
     reader.start()
-    time.sleep(0.5)
     made = [api.create(agent_id="after")["id"] for _ in range(3)]
     reader.join()
     events, _ = parse(chunks)
