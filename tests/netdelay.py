@@ -1,14 +1,86 @@
 """A TCP proxy that delays every byte by a fixed time each way, as a network between hosts would.
 
-Each direction of each connection has a reader, which stamps what it reads,
-and a writer, which passes it on once its time has come: bytes keep their
-order and the delay does not add up across packets.
+All its connections share one event loop on one thread: what a connection
+reads is stamped and passed on once its time has come, so bytes keep their
+order and the delay does not add up across packets.  A thread per
+direction of each connection (as an earlier version had) made the proxy
+itself the bottleneck of a benchmark: hundreds of threads taking turns
+at one interpreter lock.
+
+Run as a program it serves until killed, in a process of its own (the
+fleet bench gives each instance one), after printing its port:
+
+    python tests/netdelay.py HOST PORT DELAY_MS
 """
 
-import queue
-import socket
+import asyncio
+import collections
+import sys
 import threading
-import time
+
+_EOF, _CLOSE = object(), object()
+
+
+class _Direction(asyncio.Protocol):
+    """One side's socket: what it reads goes to ``peer``'s socket ``delay`` seconds later."""
+
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.transport = None
+        self.peer = None
+        self._due = collections.deque()  # (when, bytes, or _EOF, or _CLOSE)
+        self._timer = None
+        self.passed_eof = False  # the end of what this socket read is passed on
+
+    def connection_made(self, transport):
+        self.transport = transport  # asyncio sets TCP_NODELAY on it
+        self.proxy._transports.add(transport)
+
+    def data_received(self, data):
+        self._stamp(data)
+
+    def eof_received(self):
+        self._stamp(_EOF)
+        return True  # half closed: the other way still carries bytes
+
+    def connection_lost(self, exc):
+        self.proxy._transports.discard(self.transport)
+        self._stamp(_CLOSE)
+
+    def _stamp(self, data):
+        loop = self.proxy.loop
+        self._due.append((loop.time() + self.proxy.delay, data))
+        if self._timer is None:
+            self._timer = loop.call_at(self._due[0][0], self._pass_on)
+
+    def _pass_on(self):
+        """Hand the peer everything that is due; come back when the next is."""
+        self._timer = None
+        if self.peer is None or self.peer.transport is None:
+            if self.transport.is_closing():  # the upstream could not be reached
+                self._due.clear()
+                return
+            # The upstream connection is not made yet: pass on once it is.
+            self._timer = self.proxy.loop.call_later(0.001, self._pass_on)
+            return
+        now = self.proxy.loop.time()
+        sink = self.peer.transport
+        while self._due and self._due[0][0] <= now:
+            _, data = self._due.popleft()
+            if sink.is_closing():
+                self._due.clear()
+                return
+            if data is _EOF:
+                sink.write_eof()
+                self.passed_eof = True
+            if data is _CLOSE or (self.passed_eof and self.peer.passed_eof):
+                # Gone, or the end has now been passed both ways.
+                sink.close()
+                self.transport.close()
+            elif data is not _EOF:
+                sink.write(data)
+        if self._due:
+            self._timer = self.proxy.loop.call_at(self._due[0][0], self._pass_on)
 
 
 class DelayProxy:
@@ -16,11 +88,14 @@ class DelayProxy:
 
     def __init__(self, upstream, delay):
         self.upstream, self.delay = upstream, delay
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._sockets = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._transports = set()
+        self.loop = asyncio.new_event_loop()
+        self._server = self.loop.run_until_complete(
+            self.loop.create_server(lambda: _Client(self), "127.0.0.1", 0)
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
 
     def url_for(self, database_url):
         """Return ``database_url`` (postgresql://…) pointed at this proxy."""
@@ -28,10 +103,19 @@ class DelayProxy:
         return database_url.replace(f"{host}:{port}", f"127.0.0.1:{self.port}", 1)
 
     def close(self):
-        self._listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                sock.close()
+        """Stop listening and cut every connection."""
+        if self.loop.is_closed():
+            return
+
+        def stop():
+            self._server.close()
+            for transport in list(self._transports):
+                transport.abort()
+            self.loop.stop()
+
+        self.loop.call_soon_threadsafe(stop)
+        self._thread.join(5)
+        self.loop.close()
 
     def __enter__(self):
         return self
@@ -39,46 +123,36 @@ class DelayProxy:
     def __exit__(self, *exc_info):
         self.close()
 
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            for sock in (client, server):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._sockets += [client, server]
-            self._pipe(client, server)
-            self._pipe(server, client)
 
-    def _pipe(self, source, sink):
-        due = queue.SimpleQueue()
+class _Client(_Direction):
+    """A client's side: on connecting, it opens its upstream side."""
 
-        def read():
-            while True:
-                try:
-                    data = source.recv(65536)
-                except OSError:
-                    data = b""
-                due.put((time.monotonic() + self.delay, data))
-                if not data:
-                    return
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self.proxy.loop.create_task(self._open_upstream())
 
-        def write():
-            while True:
-                at, data = due.get()
-                pause = at - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
-                try:
-                    if not data:
-                        sink.shutdown(socket.SHUT_WR)
-                        return
-                    sink.sendall(data)
-                except OSError:
-                    return
+    async def _open_upstream(self):
+        host, port = self.proxy.upstream
+        try:
+            _, upstream = await self.proxy.loop.create_connection(
+                lambda: _Direction(self.proxy), host, port
+            )
+        except OSError:
+            self.transport.abort()
+            return
+        upstream.peer, self.peer = self, upstream
 
-        threading.Thread(target=read, daemon=True).start()
-        threading.Thread(target=write, daemon=True).start()
+
+def main(host, port, delay_ms):
+    proxy = DelayProxy((host, int(port)), float(delay_ms) / 1000)
+    print(proxy.port, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proxy.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
