@@ -13,6 +13,7 @@ and no connection or lock made in the master crosses the fork.
 import glob
 import logging
 import os
+import socket
 import subprocess
 import sys
 
@@ -57,6 +58,15 @@ bind = [
     os.environ.get("BIND")
     or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 ]
+# On a TCP address each worker listens on a socket of its own (SO_REUSEPORT)
+# and the kernel spreads new connections over them.  On one shared socket
+# the first worker awake takes a burst of connections and keeps them while
+# they are kept alive (16 clients connecting at once to 4 workers: one
+# worker held 13 to 16), serving them through its own pool while the
+# others idle.  A unix socket cannot be spread so: it stays one, shared.
+# docs/operations.rst (Workers and connections) has the figures and what a
+# stopping worker does to the connections queued on its socket.
+reuse_port = not any(address.startswith(("unix:", "fd://")) for address in bind)
 # The unix socket is created rw for the owner and the group (nginx's group,
 # given to the service by systemd or by GUNICORN_GROUP), nothing for others.
 umask = int(os.environ.get("GUNICORN_UMASK", "0o007"), 8)
@@ -140,11 +150,13 @@ logger_class = _NoAccessLogger
 
 
 def on_starting(server):
-    """Empty the metrics folder and bring the schema up to date, once, before any worker starts.
+    """Check the address is free, empty the metrics folder and bring the schema
+    up to date, once, before any worker starts.
 
     The schema step runs in a process of its own, so the master loads
     nothing of the app; if it fails, Gunicorn stops with its message.
     """
+    _refuse_a_taken_address(server.cfg)
     _empty_metrics_folder(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     command = [sys.executable, "-m", "flask", "--app", "sessions_app", "init-db"]
     try:
@@ -152,6 +164,26 @@ def on_starting(server):
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(f"{' '.join(command[2:])} failed:\n{exc.stderr.strip()}") from None
     sys.stderr.write(done.stderr)
+
+
+def _refuse_a_taken_address(cfg):
+    # With reuse_port a second server on a TCP address already served would
+    # start too, and quietly take part of its connections: bind a socket
+    # without SO_REUSEPORT first, which a listening address refuses.
+    if not getattr(cfg, "reuse_port", False):
+        return
+    for address in cfg.address:
+        if not isinstance(address, tuple):
+            continue
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address[:2])
+            except OSError as exc:
+                raise RuntimeError(
+                    f"Not starting: {address[0]}:{address[1]} is taken ({exc.strerror})"
+                ) from None
 
 
 def _empty_metrics_folder(path):

@@ -112,7 +112,8 @@ def test_a_failed_schema_step_stops_the_start_with_its_message(conf, tmp_path, m
     # A folder where the database file should be: SQLite cannot open it.
     (tmp_path / "sessions.sqlite3").mkdir()
     with pytest.raises(RuntimeError) as raised:
-        conf["on_starting"](types.SimpleNamespace())
+        server = types.SimpleNamespace(cfg=types.SimpleNamespace(address=[], reuse_port=True))
+        conf["on_starting"](server)
     message = str(raised.value)
     assert message.startswith("flask --app sessions_app init-db failed:\n")
     assert "unable to open database file" in message
