@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from .run import wrk
-from .servers import ROOT, Server
+from .servers import ROOT, Server, cpu_seconds
 
 CLIENTS_PER_INSTANCE = 16
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
@@ -65,18 +65,6 @@ class ProxyProcess:
     def close(self):
         self.process.terminate()
         self.process.wait(10)
-
-
-def cpu_seconds(pids):
-    """Return the CPU time (user and system) the processes ``pids`` have used so far."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # gone
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_pids():

@@ -21,6 +21,23 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def cpu_seconds(pids):
+    """Return the CPU time (user and system) the processes ``pids`` have used so far.
+
+    A process that is gone counts for nothing.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        # Fields 14 and 15 (utime, stime), counted after the command's ")".
+        fields = stat.rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 class Server:
     """One Gunicorn master, run with the project's gunicorn.conf.py."""
 
@@ -83,13 +100,7 @@ class Server:
 
     def cpu_seconds(self):
         """Return the CPU time (user and system) the workers have used so far."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        total = 0
-        for pid in self.worker_pids():
-            # Fields 14 and 15 (utime, stime), counted after the command's ")".
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])
-        return total / ticks
+        return cpu_seconds(self.worker_pids())
 
     def stop(self):
         """Stop the master (and so its workers) by PID, gracefully."""
