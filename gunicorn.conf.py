@@ -170,7 +170,7 @@ def _refuse_a_taken_address(cfg):
     # With reuse_port a second server on a TCP address already served would
     # start too, and quietly take part of its connections: bind a socket
     # without SO_REUSEPORT first, which a listening address refuses.
-    if not getattr(cfg, "reuse_port", False):
+    if not cfg.reuse_port:
         return
     for address in cfg.address:
         if not isinstance(address, tuple):

@@ -33,6 +33,10 @@ import psycopg
 from .run import wrk
 from .servers import ROOT, Server, cpu_seconds
 
+# The tests' delaying proxy: one implementation for both.
+sys.path.insert(0, str(ROOT / "tests"))
+import netdelay  # noqa: E402
+
 CLIENTS_PER_INSTANCE = 16
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if os.environ.get("BENCH_QUICK") == "1" else "3"))
@@ -49,7 +53,7 @@ class ProxyProcess:
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                str(ROOT / "tests" / "netdelay.py"),
+                netdelay.__file__,
                 *map(str, upstream),
                 str(delay_ms),
             ],
@@ -59,8 +63,7 @@ class ProxyProcess:
         self.port = int(self.process.stdout.readline())
 
     def url_for(self, database_url):
-        host, port = self.upstream
-        return database_url.replace(f"{host}:{port}", f"127.0.0.1:{self.port}", 1)
+        return netdelay.through(database_url, self.upstream, self.port)
 
     def close(self):
         self.process.terminate()

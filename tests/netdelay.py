@@ -56,13 +56,8 @@ class _Direction(asyncio.Protocol):
     def _pass_on(self):
         """Hand the peer everything that is due; come back when the next is."""
         self._timer = None
-        if self.peer is None or self.peer.transport is None:
-            if self.transport.is_closing():  # the upstream could not be reached
-                self._due.clear()
-                return
-            # The upstream connection is not made yet: pass on once it is.
-            self._timer = self.proxy.loop.call_later(0.001, self._pass_on)
-            return
+        if self.peer is None:
+            return  # the upstream is not connected yet: _open_upstream calls again
         now = self.proxy.loop.time()
         sink = self.peer.transport
         while self._due and self._due[0][0] <= now:
@@ -70,17 +65,27 @@ class _Direction(asyncio.Protocol):
             if sink.is_closing():
                 self._due.clear()
                 return
-            if data is _EOF:
+            if data is _CLOSE:
+                self._close_both()
+            elif data is _EOF:
                 sink.write_eof()
                 self.passed_eof = True
-            if data is _CLOSE or (self.passed_eof and self.peer.passed_eof):
-                # Gone, or the end has now been passed both ways.
-                sink.close()
-                self.transport.close()
-            elif data is not _EOF:
+                if self.peer.passed_eof:  # the end has now been passed both ways
+                    self._close_both()
+            else:
                 sink.write(data)
         if self._due:
             self._timer = self.proxy.loop.call_at(self._due[0][0], self._pass_on)
+
+    def _close_both(self):
+        self.peer.transport.close()
+        self.transport.close()
+
+
+def through(database_url, upstream, port):
+    """Return ``database_url``, which names ``upstream``, pointed at a proxy on ``port``."""
+    host, upstream_port = upstream
+    return database_url.replace(f"{host}:{upstream_port}", f"127.0.0.1:{port}", 1)
 
 
 class DelayProxy:
@@ -99,8 +104,7 @@ class DelayProxy:
 
     def url_for(self, database_url):
         """Return ``database_url`` (postgresql://…) pointed at this proxy."""
-        host, port = self.upstream
-        return database_url.replace(f"{host}:{port}", f"127.0.0.1:{self.port}", 1)
+        return through(database_url, self.upstream, self.port)
 
     def close(self):
         """Stop listening and cut every connection."""
@@ -141,6 +145,9 @@ class _Client(_Direction):
             self.transport.abort()
             return
         upstream.peer, self.peer = self, upstream
+        for side in (self, upstream):
+            if side._due and side._timer is None:
+                side._pass_on()  # what arrived while connecting
 
 
 def main(host, port, delay_ms):

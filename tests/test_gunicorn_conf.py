@@ -41,7 +41,8 @@ class Log:
     def warning(self, message, *args):
         self.warnings.append(message % args)
 
-server = types.SimpleNamespace(cfg=types.SimpleNamespace(address=[("0.0.0.0", 8000)]), log=Log())
+cfg = types.SimpleNamespace(address=[("0.0.0.0", 8000)], reuse_port=False)
+server = types.SimpleNamespace(cfg=cfg, log=Log())
 conf = runpy.run_path("gunicorn.conf.py")
 conf["on_starting"](server)
 conf["when_ready"](server)
