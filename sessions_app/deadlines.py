@@ -64,6 +64,7 @@ class Watchdog:
         self._deadlines = {}  # Deadline -> (deadline, socket descriptor, seconds)
         self._pid = None
         self._wakes_at = 0.0  # when the watchdog looks next (time.monotonic())
+        self._shortest = 60.0  # the shortest bound given yet: its sleep with none pending
 
     @contextmanager
     def bound(self, conn, seconds):
@@ -80,6 +81,9 @@ class Watchdog:
             self._deadlines[token] = (deadline, fd, seconds)
             # Woken only when this deadline comes before the watchdog's next look:
             # waking it for every round trip cost each one a thread switch.
+            # With nothing pending it sleeps the shortest bound given yet, so
+            # a round trip bounded no shorter falls after its next look.
+            self._shortest = min(self._shortest, seconds)
             if deadline < self._wakes_at:
                 self._wakes_at = deadline
                 self._lock.notify()
@@ -105,7 +109,9 @@ class Watchdog:
                         del self._deadlines[token]
                         token.passed = True
                         _shut_down(fd, seconds)
-                soonest = min((entry[0] for entry in self._deadlines.values()), default=now + 60)
+                soonest = min(
+                    (entry[0] for entry in self._deadlines.values()), default=now + self._shortest
+                )
                 self._wakes_at = max(soonest, now + 0.01)
                 self._lock.wait(self._wakes_at - now)
 
