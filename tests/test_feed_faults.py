@@ -127,6 +127,31 @@ def test_a_stream_ends_rather_than_jump_over_changes_prune_removed(
     assert resumed.status_code == 410
 
 
+@pytest.mark.parametrize("only", [{}, {"agent_id": "old1"}], ids=["rows", "no-rows"])
+def test_a_page_read_as_prune_removes_what_follows_its_cursor_is_a_410(
+    app, api, client, monkeypatch, only
+):
+    for n in range(3):
+        api.create(agent_id=f"old{n}")
+    cutoff = now_us()
+    time.sleep(0.002)
+    api.create(agent_id="new")
+    seqs = [c["seq"] for c in changes(client)["changes"]]
+    read_rows = reading._page.rows
+
+    def pruned_first(*args, **kwargs):
+        # The page has read where the feed stands; retention removes the old changes now.
+        monkeypatch.setattr(reading._page, "rows", read_rows)
+        with app.app_context():
+            assert feed.remove_older_than(cutoff) == 3
+        return read_rows(*args, **kwargs)
+
+    monkeypatch.setattr(reading._page, "rows", pruned_first)
+    response = client.get("/api/changes", query_string={"cursor": seqs[0], **only})
+    assert response.status_code == 410, f"a page past a gap: {response.get_json()}"
+    assert client.get("/api/changes", query_string={"cursor": seqs[2]}).status_code == 200
+
+
 # -- 3. a stream whose client stops reading ---------------------------------------------
 
 

@@ -90,3 +90,15 @@ def noted(counted, name):
         return method(*args, **kwargs)
 
     return wrapper
+
+
+def test_a_page_of_changes_reads_where_the_feed_stands_once_then_its_rows(
+    api, client, count_queries, sessions
+):
+    counts = {}
+    for limit in PAGE_SIZES:
+        with count_queries() as counted:
+            response = client.get("/api/changes", query_string={"cursor": 1, "limit": limit})
+        assert len(response.get_json()["changes"]) == limit
+        counts[limit] = statement_kinds(counted)
+    assert counts == dict.fromkeys(PAGE_SIZES, ["SELECT", "SELECT"])

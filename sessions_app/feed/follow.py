@@ -31,7 +31,10 @@ def read(cursor=None, limit=100, wait=0, gone=None, **filters):
     holding a waiting slot, not a database connection.
     """
     with connected():
-        found, through = reading.page(position(cursor), limit, **filters)
+        # One read of where the feed stands, for the cursor and the page alike.
+        stands = marks()
+        after = position(cursor, stands=stands)
+        found, through = reading.page(after, limit, stands=stands, **filters)
     if found or not wait:
         return found, through
     with _Waiter(POLL, filters) as waiter:

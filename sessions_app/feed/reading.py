@@ -5,7 +5,7 @@ from ..db import database
 from ..prepared import Prepared
 from ..storage_errors import CursorGone, CursorUnknown
 from . import kinds
-from .tables import Change
+from .tables import Change, FeedMark
 
 
 def marks(db=None):
@@ -18,13 +18,14 @@ def marks(db=None):
     return max(row[0] or 0, removed), removed
 
 
-def position(cursor, name="cursor"):
+def position(cursor, name="cursor", stands=None):
     """Return the seq a request continues after, for ``cursor`` (None, ``latest`` or a seq).
 
     Raises ``CursorGone`` (410) for a cursor before what retention removed,
     ``CursorUnknown`` (422, naming ``name``) for one past every change.
+    ``stands``: ``marks()`` as the caller has just read them.
     """
-    newest, removed = marks()
+    newest, removed = marks() if stands is None else stands
     if cursor is None:
         return removed
     if cursor == kinds.LATEST:
@@ -36,17 +37,20 @@ def position(cursor, name="cursor"):
     return cursor
 
 
-def page(after, limit, session_id=None, agent_id=None, task_id=None, types=None, db=None):
+def page(
+    after, limit, session_id=None, agent_id=None, task_id=None, types=None, db=None, stands=None
+):
     """Return ``(changes, next_position)``: up to ``limit`` matching changes after ``after``.
 
-    A reader sees a prefix of the feed (module docstring), so the newest seq
+    A reader sees a prefix of the feed (recording.py), so the newest seq
     read first bounds what the page looked at: when fewer than ``limit``
     match, the page has looked at everything up to it.  Raises
     ``CursorGone`` when retention has removed changes after ``after``: a
     reader that went on would skip them.  ``db``: the database to read
-    (default: the bound one).
+    (default: the bound one); ``stands``: ``marks(db)`` as the caller has
+    just read them (a read fewer).
     """
-    horizon, removed = marks(db)
+    horizon, removed = marks(db) if stands is None else stands
     if after < removed:
         raise CursorGone()
     if horizon <= after:
@@ -62,6 +66,12 @@ def page(after, limit, session_id=None, agent_id=None, task_id=None, types=None,
         task_id=task_id,
         **type_slots,
     )
+    # Retention may have removed changes after ``after`` since the marks were
+    # read, and the rows would then begin past a gap.  Each row carries the
+    # mark its statement saw (one snapshot); an empty page reads it again.
+    removed = rows[0]["removed_through"] if rows else marks(db)[1]
+    if after < (removed or 0):
+        raise CursorGone()
     found = [as_change(row) for row in rows]
     if len(found) == limit:
         return found, found[-1]["seq"]
@@ -145,7 +155,9 @@ _MARKS_SQL = (
 
 
 def _page_query(after, newest, limit, session_id=None, agent_id=None, task_id=None, **type_slots):
-    query = Change.select().where((Change.seq > after) & (Change.seq <= newest))
+    mark = FeedMark.select(FeedMark.removed_through).where(FeedMark.id == 1)
+    query = Change.select(*Change._meta.sorted_fields, mark.alias("removed_through"))
+    query = query.where((Change.seq > after) & (Change.seq <= newest))
     for field, value in (
         (Change.session_id, session_id),
         (Change.agent_id, agent_id),
