@@ -152,6 +152,39 @@ def test_a_page_read_as_prune_removes_what_follows_its_cursor_is_a_410(
     assert client.get("/api/changes", query_string={"cursor": seqs[2]}).status_code == 200
 
 
+def test_a_long_poll_whose_watcher_fell_behind_retention_ends_before_the_gap(
+    app, api, client, monkeypatch
+):
+    api.create(agent_id="before")
+    with app.app_context():
+        hub = feed.current_hub()
+    # The watcher is held before its next read (a paused host, say) ...
+    held, fetch = threading.Event(), hub.fetch
+    monkeypatch.setattr(hub, "fetch", lambda *args: held.wait(10) and fetch(*args))
+    cursor = str(changes(client, cursor="latest")["next_cursor"])
+    answer = {}
+    poll = threading.Thread(
+        target=lambda: answer.update(changes(client, cursor=cursor, wait=5)), daemon=True
+    )
+    poll.start()
+    the_subscription(app)
+    # ... while changes come, and retention removes the first of them.
+    for n in range(2):
+        api.create(agent_id=f"old{n}")
+    cutoff = now_us()
+    time.sleep(0.002)
+    api.create(agent_id="new")
+    with app.app_context():
+        assert feed.remove_older_than(cutoff) >= 2
+    held.set()
+    poll.join(10)
+
+    assert answer["changes"] == [], "a change handed over past the removed ones"
+    assert answer["next_cursor"] == cursor
+    gone = client.get("/api/changes", query_string={"cursor": cursor})
+    assert gone.status_code == 410
+
+
 # -- 3. a stream whose client stops reading ---------------------------------------------
 
 

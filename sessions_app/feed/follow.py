@@ -181,7 +181,9 @@ class _Waiter:
                 yield found, after
                 quiet_until = time.monotonic() + idle if idle else until
             if subscription.overflowed and not subscription.pending:
-                logger.info("A waiter fell more than its backlog behind: ended it at %d", after)
+                logger.info(
+                    "A waiter fell behind (its backlog, or retention): ended it at %d", after
+                )
                 return
 
     def close(self):

@@ -77,7 +77,9 @@ class Subscription:
     further behind (a stream whose client stops reading) is ``overflowed``
     and is offered nothing more, so its memory stays bounded; what it holds
     ends at a change it was handed, and the waiter goes on from there
-    (a stream ends, its client resumes from the database).
+    (a stream ends, its client resumes from the database).  A waiter whose
+    changes retention removed before the watcher read them is ended so too
+    (``Hub._cut_off``).
     """
 
     def __init__(self, hub, match, kind, backlog):
@@ -153,7 +155,8 @@ class Hub:
 
     def __init__(self, db, fetch, newest, publish):
         self.db = db
-        self.fetch = fetch  # fetch(db, after, limit) -> changes, oldest first
+        # fetch(db, after, limit) -> (changes, oldest first; retention's mark as read)
+        self.fetch = fetch
         self.newest = newest  # newest(db) -> the newest committed seq
         self.publish = publish  # publish(conn): PostgreSQL, give queued changes their seqs
         # The app's settings (FEED_WAITERS_MAX, STREAM_BACKLOG_MAX), handed over by ``configure``.
@@ -449,14 +452,35 @@ class Hub:
                     self.horizon = max(self.horizon, newest)
                     return
         while True:
-            found = self.fetch(reader, self.horizon, _BATCH)
+            found, removed = self.fetch(reader, self.horizon, _BATCH)
             if not found:
                 return
             with self.lock:
+                if removed > self.horizon:
+                    self._cut_off(removed)
                 self._offer(found)
                 self.horizon = found[-1]["seq"]
             if len(found) < _BATCH:
                 return
+
+    def _cut_off(self, removed):
+        """End the followers before ``removed``, whose changes retention took (under ``lock``).
+
+        The watcher fell behind by more than the feed keeps, so what it read
+        begins past changes it never handed out.  Those followers are offered
+        nothing more, as one that overflowed: each answers at the change it
+        was last handed, and its client's next read from there is a 410.
+        """
+        for subscription in self.following:
+            if subscription.after < removed:
+                subscription.overflowed = True
+                subscription._ready.set()
+        logger.warning(
+            "The change watcher fell behind retention (changes through %d removed, read from %d):"
+            " its followers were ended",
+            removed,
+            self.horizon,
+        )
 
 
 def published_through(notifications):

@@ -79,8 +79,15 @@ def page(
 
 
 def after(db, seq, limit):
-    """Return up to ``limit`` changes of any kind after ``seq`` in ``db``, oldest first."""
-    return [as_change(row) for row in _after.rows(db, after=seq, limit=limit)]
+    """Return ``(changes, removed)``: up to ``limit`` changes of any kind after ``seq``.
+
+    ``changes`` come oldest first; ``removed`` is retention's mark as the
+    same read saw it (None with no change found): past ``seq``, changes
+    after ``seq`` were removed before the read, and the first of
+    ``changes`` lies past a gap.
+    """
+    rows = _after.rows(db, after=seq, limit=limit)
+    return [as_change(row) for row in rows], (rows[0]["removed_through"] or 0) if rows else None
 
 
 def newest(db):
@@ -154,10 +161,14 @@ _MARKS_SQL = (
 )
 
 
-def _page_query(after, newest, limit, session_id=None, agent_id=None, task_id=None, **type_slots):
+def _with_mark():
+    """Select every column of a change, and retention's mark as the same statement sees it."""
     mark = FeedMark.select(FeedMark.removed_through).where(FeedMark.id == 1)
-    query = Change.select(*Change._meta.sorted_fields, mark.alias("removed_through"))
-    query = query.where((Change.seq > after) & (Change.seq <= newest))
+    return Change.select(*Change._meta.sorted_fields, mark.alias("removed_through"))
+
+
+def _page_query(after, newest, limit, session_id=None, agent_id=None, task_id=None, **type_slots):
+    query = _with_mark().where((Change.seq > after) & (Change.seq <= newest))
     for field, value in (
         (Change.session_id, session_id),
         (Change.agent_id, agent_id),
@@ -175,8 +186,6 @@ def _page_query(after, newest, limit, session_id=None, agent_id=None, task_id=No
 _page = Prepared(_page_query)
 # The watcher's read of every change, handed to the waiters' matchers (scoped there).
 _after = Prepared(
-    lambda after, limit: (
-        Change.select().where(Change.seq > after).order_by(Change.seq).limit(limit)
-    ),
+    lambda after, limit: _with_mark().where(Change.seq > after).order_by(Change.seq).limit(limit),
     unscoped=True,
 )
