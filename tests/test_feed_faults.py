@@ -167,22 +167,56 @@ def test_a_long_poll_whose_watcher_fell_behind_retention_ends_before_the_gap(
         target=lambda: answer.update(changes(client, cursor=cursor, wait=5)), daemon=True
     )
     poll.start()
-    the_subscription(app)
-    # ... while changes come, and retention removes the first of them.
-    for n in range(2):
-        api.create(agent_id=f"old{n}")
-    cutoff = now_us()
-    time.sleep(0.002)
-    api.create(agent_id="new")
-    with app.app_context():
-        assert feed.remove_older_than(cutoff) >= 2
-    held.set()
+    until(lambda: hub.following)
+    behind_retention(app, api, held)
     poll.join(10)
 
     assert answer["changes"] == [], "a change handed over past the removed ones"
     assert answer["next_cursor"] == cursor
     gone = client.get("/api/changes", query_string={"cursor": cursor})
     assert gone.status_code == 410
+
+
+def test_a_stream_whose_watcher_fell_behind_retention_ends_before_the_gap(
+    streaming, api, client, monkeypatch
+):
+    streaming.config.update(STREAM_MAX_SECONDS=30)
+    api.create(agent_id="before")
+    with streaming.app_context():
+        hub = feed.current_hub()
+    held, fetch = threading.Event(), hub.fetch
+    monkeypatch.setattr(hub, "fetch", lambda *args: held.wait(10) and fetch(*args))
+    cursor = str(changes(client, cursor="latest")["next_cursor"])
+    response = open_stream(streaming, cursor=cursor)
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(read_all(response)), daemon=True)
+    reader.start()
+    until(lambda: hub.following)
+    behind_retention(streaming, api, held)
+    reader.join(10)
+
+    assert not reader.is_alive(), "the stream went on past the removed changes"
+    events, comments = parse(got)
+    assert events == [], "an event past the removed changes"
+    assert comments[-1].startswith("stream closed")
+    resumed = open_stream(streaming, headers={"Last-Event-ID": cursor})
+    assert resumed.status_code == 410
+
+
+def behind_retention(app, api, held):
+    """With the watcher ``held``, record changes and remove the first ones; then let it read.
+
+    Three changes go (the one before the follower's position and the two
+    after it); the last one made stays, past the gap.
+    """
+    for n in range(2):
+        api.create(agent_id=f"old{n}")
+    cutoff = now_us()
+    time.sleep(0.002)
+    api.create(agent_id="new")
+    with app.app_context():
+        assert feed.remove_older_than(cutoff) == 3
+    held.set()
 
 
 # -- 3. a stream whose client stops reading ---------------------------------------------
