@@ -69,8 +69,8 @@ def page(
     # Retention may have removed changes after ``after`` since the marks were
     # read, and the rows would then begin past a gap.  Each row carries the
     # mark its statement saw (one snapshot); an empty page reads it again.
-    removed = rows[0]["removed_through"] if rows else marks(db)[1]
-    if after < (removed or 0):
+    removed = _mark_in(rows)
+    if after < (marks(db)[1] if removed is None else removed):
         raise CursorGone()
     found = [as_change(row) for row in rows]
     if len(found) == limit:
@@ -87,7 +87,7 @@ def after(db, seq, limit):
     ``changes`` lies past a gap.
     """
     rows = _after.rows(db, after=seq, limit=limit)
-    return [as_change(row) for row in rows], (rows[0]["removed_through"] or 0) if rows else None
+    return [as_change(row) for row in rows], _mark_in(rows)
 
 
 def newest(db):
@@ -165,6 +165,11 @@ def _with_mark():
     """Select every column of a change, and retention's mark as the same statement sees it."""
     mark = FeedMark.select(FeedMark.removed_through).where(FeedMark.id == 1)
     return Change.select(*Change._meta.sorted_fields, mark.alias("removed_through"))
+
+
+def _mark_in(rows):
+    """Return retention's mark as rows read ``_with_mark()`` saw it; None with no row."""
+    return (rows[0]["removed_through"] or 0) if rows else None
 
 
 def _page_query(after, newest, limit, session_id=None, agent_id=None, task_id=None, **type_slots):
