@@ -155,13 +155,7 @@ def test_a_page_read_as_prune_removes_what_follows_its_cursor_is_a_410(
 def test_a_long_poll_whose_watcher_fell_behind_retention_ends_before_the_gap(
     app, api, client, monkeypatch
 ):
-    api.create(agent_id="before")
-    with app.app_context():
-        hub = feed.current_hub()
-    # The watcher is held before its next read (a paused host, say) ...
-    held, fetch = threading.Event(), hub.fetch
-    monkeypatch.setattr(hub, "fetch", lambda *args: held.wait(10) and fetch(*args))
-    cursor = str(changes(client, cursor="latest")["next_cursor"])
+    hub, held, cursor = held_watcher(app, api, client, monkeypatch)
     answer = {}
     poll = threading.Thread(
         target=lambda: answer.update(changes(client, cursor=cursor, wait=5)), daemon=True
@@ -181,12 +175,7 @@ def test_a_stream_whose_watcher_fell_behind_retention_ends_before_the_gap(
     streaming, api, client, monkeypatch
 ):
     streaming.config.update(STREAM_MAX_SECONDS=30)
-    api.create(agent_id="before")
-    with streaming.app_context():
-        hub = feed.current_hub()
-    held, fetch = threading.Event(), hub.fetch
-    monkeypatch.setattr(hub, "fetch", lambda *args: held.wait(10) and fetch(*args))
-    cursor = str(changes(client, cursor="latest")["next_cursor"])
+    hub, held, cursor = held_watcher(streaming, api, client, monkeypatch)
     response = open_stream(streaming, cursor=cursor)
     got = []
     reader = threading.Thread(target=lambda: got.extend(read_all(response)), daemon=True)
@@ -201,6 +190,19 @@ def test_a_stream_whose_watcher_fell_behind_retention_ends_before_the_gap(
     assert comments[-1].startswith("stream closed")
     resumed = open_stream(streaming, headers={"Last-Event-ID": cursor})
     assert resumed.status_code == 410
+
+
+def held_watcher(app, api, client, monkeypatch):
+    """Return ``(hub, held, cursor)``: the watcher waits for ``held`` before its next read.
+
+    As a paused host's would; ``cursor`` is where the feed stands, past one change.
+    """
+    api.create(agent_id="before")
+    with app.app_context():
+        hub = feed.current_hub()
+    held, fetch = threading.Event(), hub.fetch
+    monkeypatch.setattr(hub, "fetch", lambda *args: held.wait(10) and fetch(*args))
+    return hub, held, str(changes(client, cursor="latest")["next_cursor"])
 
 
 def behind_retention(app, api, held):
