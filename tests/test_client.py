@@ -598,6 +598,24 @@ def test_watch_as_a_stream_resumes_from_the_last_event(proxy):
     assert seen[1].path.endswith("cursor=9")
 
 
+@pytest.mark.server
+def test_watch_as_a_stream_resumes_from_the_position_a_heartbeat_gave(proxy):
+    """A heartbeat's id is past what the filters skipped: the reconnection starts there."""
+    heartbeat = b": keep-alive\nid: 20\n\n"
+    body, headers = _events(_change(10))
+    proxy.answer("GET", "/api/changes", 200, *_page([], "9"))
+    proxy.answer("GET", "/api/changes", 200, body + heartbeat, headers)
+    proxy.answer("GET", "/api/changes", 200, *_events(_change(21)))
+    proxy.answer("GET", "/api/changes", 410, *_gone())
+    with SessionsClient(proxy.url) as through:
+        changes = through.watch(stream=True, agent_id="a")
+        assert [next(changes).seq for _ in range(2)] == [10, 21]
+        with pytest.raises(GoneError):
+            next(changes)
+    seen = proxy.requests_to("GET", "/api/changes")
+    assert [s.headers.get("last-event-id") for s in seen] == [None, None, "20", "21"]
+
+
 def test_sessions_and_count_by_data_and_bulk_changes(client):
     agent = new_agent()
     made = [client.create(agent, data={"pr": n % 2, "labels": ["x"]}) for n in range(4)]

@@ -18,8 +18,9 @@ def follow(http, params, connect_timeout):
 
     ``params`` hold a concrete ``cursor`` (not "latest", so that a
     reconnection before the first event misses nothing).  Every reconnection
-    sends the last event's id as ``Last-Event-ID``; a service that is down or
-    restarting is waited out with backoff.
+    sends the last id the stream gave (an event's, or a position's) as
+    ``Last-Event-ID``; a service that is down or restarting is waited out
+    with backoff.
     """
     last_id = None
     timeout = httpx.Timeout(connect_timeout, read=STREAM_READ_TIMEOUT)
@@ -29,6 +30,10 @@ def follow(http, params, connect_timeout):
         try:
             for event in EventSource(response).iter_sse():
                 if not event.data:
+                    # A position (the stream's start, a heartbeat, its end):
+                    # past what the filters skipped, so a reconnection goes
+                    # on from there, not from before retention's mark.
+                    last_id = event.id or last_id
                     continue
                 change = Change.from_json(event.json())
                 last_id = event.id or str(change.seq)
