@@ -171,12 +171,14 @@ def test_a_long_poll_whose_watcher_fell_behind_retention_ends_before_the_gap(
     assert gone.status_code == 410
 
 
+@pytest.mark.parametrize("opened", ["at-cursor", "from-now"])
 def test_a_stream_whose_watcher_fell_behind_retention_ends_before_the_gap(
-    streaming, api, client, monkeypatch
+    streaming, api, client, monkeypatch, opened
 ):
     streaming.config.update(STREAM_MAX_SECONDS=30)
     hub, held, cursor = held_watcher(streaming, api, client, monkeypatch)
-    response = open_stream(streaming, cursor=cursor)
+    # From now: the client knows no position but the one the stream gives.
+    response = open_stream(streaming, **({"cursor": cursor} if opened == "at-cursor" else {}))
     got = []
     reader = threading.Thread(target=lambda: got.extend(read_all(response)), daemon=True)
     reader.start()
@@ -185,10 +187,12 @@ def test_a_stream_whose_watcher_fell_behind_retention_ends_before_the_gap(
     reader.join(10)
 
     assert not reader.is_alive(), "the stream went on past the removed changes"
-    events, comments = parse(got)
+    positions = []
+    events, comments = parse(got, positions)
     assert events == [], "an event past the removed changes"
     assert comments[-1].startswith("stream closed")
-    resumed = open_stream(streaming, headers={"Last-Event-ID": cursor})
+    assert positions == [int(cursor)] * 2, "it said where it began and where it ended"
+    resumed = open_stream(streaming, headers={"Last-Event-ID": str(positions[-1])})
     assert resumed.status_code == 410
 
 

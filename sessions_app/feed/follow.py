@@ -79,7 +79,9 @@ class Follower:
     position read up to (an int) when ``heartbeat`` seconds passed without
     one, until ``max_seconds``; it ends early when the changes it would send
     next were removed by retention, or when it fell ``backlog`` changes
-    behind: the client resumes from the last change it got.
+    behind: the client resumes from the last change it got.  ``after`` is
+    the position read up to: once the changes of a batch are all yielded,
+    it is past each of them and past no change not yielded.
     """
 
     def __init__(self, cursor, heartbeat, max_seconds, name="cursor", gone=None, **filters):

@@ -39,26 +39,25 @@ def event(event_id, name, data):
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, name.encode(), jsonio.dumps(data))
 
 
-def position(event_id):
-    """Return a heartbeat that carries the position read up to and fires no event.
+def position(event_id, note="keep-alive"):
+    """Return a block that carries the position read up to and fires no event.
 
     A block with an ``id:`` and no ``data:`` sets the client's last event id
     (WHATWG: the id is taken before an empty data buffer stops the dispatch),
     so a client whose filter rarely matches reconnects past what was skipped.
+    ``note``: the comment it starts with (a heartbeat's is ``keep-alive``).
     """
-    return b": keep-alive\nid: %d\n\n" % event_id
-
-
-def comment(text):
-    """Return a comment line: clients ignore it, proxies see the stream is alive."""
-    return b": %s\n\n" % text.encode()
+    return b": %s\nid: %d\n\n" % (note.encode(), event_id)
 
 
 def response(source, describe, until, environ, response_class):
     """Stream ``source`` (items, or an int position for a heartbeat) as events ``describe`` makes.
 
-    The headers and a first comment go out at once, so the client knows the
-    stream is open; ``source.close()`` runs when the response ends, however
+    The headers and a first block go out at once, so the client knows the
+    stream is open; it carries ``source.after``, the position the stream
+    starts from, and the last block the position it ended at: a client that
+    got no event still reconnects from where its stream stood, never from a
+    later "now".  ``source.close()`` runs when the response ends, however
     it ends.  A client that stops reading cannot hold the stream past
     ``until`` (a ``time.monotonic()``): each event waits for room in its
     socket until then at most, and a socket with no room is shut down.
@@ -81,10 +80,11 @@ def response(source, describe, until, environ, response_class):
 
 
 def _chunks(source, describe):
-    yield comment("stream open")
+    yield position(source.after, "stream open")
     for item in source:
         yield position(item) if isinstance(item, int) else event(*describe(item))
-    yield comment("stream closed: reconnect with Last-Event-ID")
+    # Past every change sent, never past one that was not (``Follower``).
+    yield position(source.after, "stream closed: reconnect with Last-Event-ID")
 
 
 def _room_in(sock):
