@@ -7,7 +7,7 @@ PORT   ?= 8000
 export HOST PORT
 
 .PHONY: run dev test test-fast docs fuzz lint migrate init-db bench bench-data bench-finding bench-feed bench-fleet \
-	bench-scoping prune clean
+	bench-scoping bench-instructions prune clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,11 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.fleet
 	$(BIN)/python -m benchmarks.scoping
 	$(BIN)/python -m benchmarks.data
+	$(BIN)/python -m benchmarks.instructions
+
+## bench-instructions: instructions per request (valgrind), the service against its ceilings
+bench-instructions: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.instructions
 
 ## bench-fleet: creates through one and two instances over a 2 ms network (BENCH_DATABASE_URL)
 bench-fleet: $(VENV)/.installed
