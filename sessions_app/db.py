@@ -12,9 +12,10 @@ answers as usual while the database is down.
 import fcntl
 import logging
 import os
+import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from urllib.parse import urlparse
 
 from peewee import DatabaseProxy, OperationalError
@@ -137,11 +138,16 @@ class WriterQueue:
     """One writer at a time across threads and processes, each waiting a bounded time.
 
     A thread lock orders the threads of a process (woken as soon as it is
-    free); an exclusive ``flock`` on ``path`` (opened once per process, never
-    shared across a fork) orders the processes, tried again after 50 us,
-    doubling to 1 ms at most.  A writer that waits longer than ``timeout``
-    seconds gets ``OperationalError`` (a 503), as SQLite's own busy timeout
-    would give it.
+    free); an exclusive ``flock`` on ``path`` orders the processes.  The
+    writer whose turn it is in its process tries the file lock at once; when
+    another process holds it, the process's ``_FileWaiter`` waits for it in
+    the kernel and hands it over the moment it is free, while the writer
+    waits until its deadline at most.  A writer that waits longer than
+    ``timeout`` seconds gets ``OperationalError`` (a 503), as SQLite's own
+    busy timeout would give it.  Under gevent, whose threads are greenlets
+    of one, the writer tries the lock again and again instead.
+
+    The descriptors are opened once per process, never shared across a fork.
     """
 
     def __init__(self, path, timeout):
@@ -150,6 +156,8 @@ class WriterQueue:
         self._threads = threading.Lock()
         self._held = threading.local()
         self._fd, self._pid = None, None
+        self._waiter = None  # this process's _FileWaiter, made when first needed
+        self._holder = None  # the descriptor holding the file lock, while a writer holds it
 
     def acquire(self):
         deadline = time.monotonic() + self.timeout
@@ -165,19 +173,42 @@ class WriterQueue:
 
     def _lock_file(self, deadline):
         if self._pid != os.getpid():
+            self._forget_inherited()
             try:
                 self._fd, self._pid = open_lock_file(self.path), os.getpid()
             except OSError as exc:
                 raise OperationalError(f"cannot open the writer lock: {exc}") from exc
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._holder = self._fd
+            return
+        except BlockingIOError:
+            pass  # another process writes: wait for it in the kernel, not by polling
+        if _threads_are_green():
+            self._poll_file(deadline)
+            self._holder = self._fd
+            return
+        if self._waiter is None or self._waiter.stopped:
+            try:
+                self._waiter = _FileWaiter(self.path)
+            except OSError as exc:
+                raise OperationalError(f"cannot open the writer lock: {exc}") from exc
+        self._holder = self._waiter.take(deadline)
+        if self._holder is None:
+            raise OperationalError("database is locked: no turn to write in time")
+
+    def _poll_file(self, deadline):
+        # Under gevent a blocking flock would stop every greenlet of the
+        # process, past any deadline: try again after 50 us, doubling to 1 ms.
         pause = 0.00005
         while True:
+            time.sleep(pause)
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise OperationalError("database is locked: no turn to write in time") from None
-                time.sleep(pause)
                 pause = min(pause * 2, 0.001)
 
     def release(self):
@@ -190,21 +221,121 @@ class WriterQueue:
         if not getattr(self._held, "value", False):
             return False
         self._held.value = False
+        holder, self._holder = self._holder, None
         try:
-            if self.path is not None and self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if holder is not None:
+                fcntl.flock(holder, fcntl.LOCK_UN)
         finally:
             self._threads.release()
         return True
 
     def close(self):
         """Close the lock file, if this process opened it; the next writer opens it again."""
-        fd = self._fd
-        self._fd, self._pid = None, None
+        fd, waiter = self._fd, self._waiter
+        self._fd, self._pid, self._waiter, self._holder = None, None, None, None
+        if waiter is not None:
+            waiter.stop()
         if fd is not None:
             # A descriptor inherited across a fork is closed too: the lock it
             # may carry belongs to the parent's open file, which keeps it.
             os.close(fd)
+
+    def _forget_inherited(self):
+        # A fork's child holds copies of its parent's descriptors (and no
+        # waiter thread): closing them leaves the parent's locks as they are.
+        fd, waiter = self._fd, self._waiter
+        self._fd, self._waiter, self._holder = None, None, None
+        for inherited in (fd, waiter and waiter.fd):
+            if inherited is not None:
+                with suppress(OSError):
+                    os.close(inherited)
+
+
+def _threads_are_green():
+    """Tell whether gevent patched ``threading``: then a "thread" is a greenlet of this one."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
+
+
+class _FileWaiter:
+    """A thread that waits in the kernel for the writer lock, for its process's writers.
+
+    A blocking ``flock`` is woken the moment the lock is free, but cannot be
+    given a timeout; so this thread makes the call and the writer waits for
+    the thread, until its own deadline at most.  A lock taken after its
+    writer gave up is let go at once.  The thread has a descriptor of its
+    own (an open file of its own), so its lock and a writer's own try
+    (``LOCK_NB`` on the queue's) exclude each other as two processes' would.
+    """
+
+    def __init__(self, path):
+        self.fd = open_lock_file(path)
+        self._changed = threading.Condition()
+        self._wanted = False  # a writer waits for the lock
+        self._ready = False  # the thread holds it for that writer, not yet taken
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="sqlite-writer-lock", daemon=True)
+        self.thread.start()
+
+    def take(self, deadline):
+        """Return the descriptor that holds the lock for the caller, or None at ``deadline``.
+
+        The caller releases it (``LOCK_UN`` on that descriptor).
+        """
+        with self._changed:
+            self._wanted = True
+            self._changed.notify_all()
+            while True:
+                if self.stopped:
+                    self._wanted = False
+                    return None
+                if self._ready:
+                    self._ready = self._wanted = False
+                    self._changed.notify_all()
+                    return self.fd
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._wanted = False
+                    return None
+                self._changed.wait(remaining)
+
+    def stop(self):
+        """End the thread; it closes its descriptor once it is not waiting in the kernel."""
+        with self._changed:
+            self.stopped = True
+            self._changed.notify_all()
+
+    def _run(self):
+        try:
+            while self._wait_for_a_writer():
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                if not self._hand_over():
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)  # its writer gave up meanwhile
+        except OSError as exc:
+            logger.error("The SQLite writer lock cannot be waited for: %s", exc)
+        finally:
+            self.stop()  # the queue makes another waiter for its next writer
+            os.close(self.fd)
+
+    def _wait_for_a_writer(self):
+        with self._changed:
+            while not (self._wanted or self.stopped):
+                self._changed.wait()
+            return not self.stopped
+
+    def _hand_over(self):
+        """Give the lock just taken to the writer waiting for it; False if none still is."""
+        with self._changed:
+            if not self._wanted or self.stopped:
+                return False
+            self._ready = True
+            self._changed.notify_all()
+            # Until the writer took it: a second flock on a descriptor that
+            # holds the lock would return at once, and its let-go would free
+            # the writer's lock.
+            while self._ready and not self.stopped:
+                self._changed.wait()
+            return True
 
 
 class QueuedSqliteDatabase(PooledSqliteDatabase):

@@ -74,6 +74,90 @@ def test_a_writer_waits_for_another_process_no_longer_than_its_timeout(queue):
         os.close(other)
 
 
+def test_a_writer_waits_for_another_process_in_the_kernel_not_by_polling(queue, monkeypatch):
+    """It is woken when the lock is let go: a try or two, not one every millisecond."""
+    queue.timeout = 10
+    other, real = os.open(queue.path, os.O_RDWR | os.O_CREAT), fcntl.flock
+    tries = []
+
+    def counted(fd, operation):
+        if fd != other and operation & fcntl.LOCK_EX:
+            tries.append(operation)
+        return real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", counted)
+    try:
+        real(other, fcntl.LOCK_EX)
+        # Another process's write ends after 0.3 s.
+        threading.Timer(0.3, real, (other, fcntl.LOCK_UN)).start()
+        queue.acquire()
+        with pytest.raises(BlockingIOError):
+            real(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        queue.release()
+    finally:
+        os.close(other)
+    assert len(tries) <= 3, f"{len(tries)} tries of the lock while it was held: polling"
+
+
+def test_under_gevent_a_writer_tries_the_lock_again_with_no_thread_of_its_own(queue, monkeypatch):
+    """A blocking flock in a greenlet would stop its whole process, past any deadline."""
+    monkeypatch.setattr(db, "_threads_are_green", lambda: True)
+    other = os.open(queue.path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(OperationalError, match="database is locked"):
+            queue.acquire()
+        queue.timeout = 10
+        threading.Timer(0.1, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+        queue.acquire()
+        queue.release()
+    finally:
+        os.close(other)
+    assert queue._waiter is None
+
+
+def test_a_writer_gets_the_lock_still_awaited_for_one_that_gave_up(queue):
+    other = os.open(queue.path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(OperationalError, match="database is locked"):
+            queue.acquire()  # gave up; its wait in the kernel goes on
+        queue.timeout = 10
+        threading.Timer(0.2, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+        queue.acquire()  # handed the lock the waiter was still waiting for
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        queue.release()
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go: another process gets it
+        fcntl.flock(other, fcntl.LOCK_UN)
+    finally:
+        os.close(other)
+
+
+def test_a_lock_taken_after_its_writer_gave_up_is_let_go(queue):
+    other = os.open(queue.path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(OperationalError, match="database is locked"):
+            queue.acquire()
+        fcntl.flock(other, fcntl.LOCK_UN)  # the waiter takes it now, for nobody
+        deadline = time.monotonic() + 10
+        while not _took(other):
+            assert time.monotonic() < deadline, "the lock was kept with no writer waiting"
+            time.sleep(0.01)
+        fcntl.flock(other, fcntl.LOCK_UN)
+    finally:
+        os.close(other)
+
+
+def _took(fd):
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def test_a_writer_waits_for_another_thread_no_longer_than_its_timeout(queue):
     queue.acquire()
     failed = []
@@ -114,12 +198,19 @@ def test_the_thread_lock_is_released_when_unlocking_the_file_fails(queue, monkey
 
 
 def test_closing_the_queue_closes_its_lock_file(queue):
-    queue.acquire()
+    other = os.open(queue.path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    threading.Timer(0.05, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+    queue.timeout = 10
+    queue.acquire()  # waited for through the waiter's descriptor
     queue.release()
-    fd = queue._fd
+    os.close(other)
+    fd, waiter = queue._fd, queue._waiter
     queue.close()
     with pytest.raises(OSError):
         os.fstat(fd)
+    waiter.thread.join(10)
+    assert not waiter.thread.is_alive(), "the waiter's thread (which closes its descriptor) went on"
     queue.acquire()  # opens the file again
     assert queue._fd is not None
     queue.release()
