@@ -5,6 +5,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from peewee import OperationalError
@@ -59,95 +60,89 @@ def test_threads_take_turns(queue):
     assert most[0] == 1
 
 
-def test_a_writer_waits_for_another_process_no_longer_than_its_timeout(queue):
+@contextmanager
+def another_process_writing(queue):
+    """Yield a descriptor holding the writer lock: an open file of its own, as another process's."""
     other = os.open(queue.path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(other, fcntl.LOCK_EX)
-        with pytest.raises(OperationalError, match="database is locked"):
-            queue.acquire()
+        yield other
+    finally:
+        os.close(other)
+
+
+def gives_up(queue):
+    with pytest.raises(OperationalError, match="database is locked"):
+        queue.acquire()
+
+
+def ends_after(seconds, other):
+    """Let ``other`` go after ``seconds``, as another process's write would end."""
+    threading.Timer(seconds, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+
+
+def test_a_writer_waits_for_another_process_no_longer_than_its_timeout(queue):
+    with another_process_writing(queue) as other:
+        gives_up(queue)
         assert queue._threads.acquire(blocking=False), "a failed wait must free the thread lock"
         queue._threads.release()
         fcntl.flock(other, fcntl.LOCK_UN)
         queue.acquire()
         queue.release()
-    finally:
-        os.close(other)
 
 
 def test_a_writer_waits_for_another_process_in_the_kernel_not_by_polling(queue, monkeypatch):
     """It is woken when the lock is let go: a try or two, not one every millisecond."""
     queue.timeout = 10
-    other, real = os.open(queue.path, os.O_RDWR | os.O_CREAT), fcntl.flock
-    tries = []
+    with another_process_writing(queue) as other:
+        real, tries = fcntl.flock, []
 
-    def counted(fd, operation):
-        if fd != other and operation & fcntl.LOCK_EX:
-            tries.append(operation)
-        return real(fd, operation)
+        def counted(fd, operation):
+            if fd != other and operation & fcntl.LOCK_EX:
+                tries.append(operation)
+            return real(fd, operation)
 
-    monkeypatch.setattr(fcntl, "flock", counted)
-    try:
-        real(other, fcntl.LOCK_EX)
-        # Another process's write ends after 0.3 s.
+        monkeypatch.setattr(fcntl, "flock", counted)
         threading.Timer(0.3, real, (other, fcntl.LOCK_UN)).start()
         queue.acquire()
         with pytest.raises(BlockingIOError):
             real(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         queue.release()
-    finally:
-        os.close(other)
     assert len(tries) <= 3, f"{len(tries)} tries of the lock while it was held: polling"
 
 
 def test_under_gevent_a_writer_tries_the_lock_again_with_no_thread_of_its_own(queue, monkeypatch):
     """A blocking flock in a greenlet would stop its whole process, past any deadline."""
     monkeypatch.setattr(db, "_threads_are_green", lambda: True)
-    other = os.open(queue.path, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(other, fcntl.LOCK_EX)
-        with pytest.raises(OperationalError, match="database is locked"):
-            queue.acquire()
+    with another_process_writing(queue) as other:
+        gives_up(queue)
         queue.timeout = 10
-        threading.Timer(0.1, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+        ends_after(0.1, other)
         queue.acquire()
         queue.release()
-    finally:
-        os.close(other)
     assert queue._waiter is None
 
 
 def test_a_writer_gets_the_lock_still_awaited_for_one_that_gave_up(queue):
-    other = os.open(queue.path, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(other, fcntl.LOCK_EX)
-        with pytest.raises(OperationalError, match="database is locked"):
-            queue.acquire()  # gave up; its wait in the kernel goes on
+    with another_process_writing(queue) as other:
+        gives_up(queue)  # its wait in the kernel goes on
         queue.timeout = 10
-        threading.Timer(0.2, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+        ends_after(0.2, other)
         queue.acquire()  # handed the lock the waiter was still waiting for
         with pytest.raises(BlockingIOError):
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         queue.release()
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go: another process gets it
-        fcntl.flock(other, fcntl.LOCK_UN)
-    finally:
-        os.close(other)
 
 
 def test_a_lock_taken_after_its_writer_gave_up_is_let_go(queue):
-    other = os.open(queue.path, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(other, fcntl.LOCK_EX)
-        with pytest.raises(OperationalError, match="database is locked"):
-            queue.acquire()
+    with another_process_writing(queue) as other:
+        gives_up(queue)
         fcntl.flock(other, fcntl.LOCK_UN)  # the waiter takes it now, for nobody
         deadline = time.monotonic() + 10
         while not _took(other):
             assert time.monotonic() < deadline, "the lock was kept with no writer waiting"
             time.sleep(0.01)
-        fcntl.flock(other, fcntl.LOCK_UN)
-    finally:
-        os.close(other)
 
 
 def _took(fd):
@@ -198,13 +193,11 @@ def test_the_thread_lock_is_released_when_unlocking_the_file_fails(queue, monkey
 
 
 def test_closing_the_queue_closes_its_lock_file(queue):
-    other = os.open(queue.path, os.O_RDWR | os.O_CREAT)
-    fcntl.flock(other, fcntl.LOCK_EX)
-    threading.Timer(0.05, fcntl.flock, (other, fcntl.LOCK_UN)).start()
     queue.timeout = 10
-    queue.acquire()  # waited for through the waiter's descriptor
-    queue.release()
-    os.close(other)
+    with another_process_writing(queue) as other:
+        ends_after(0.05, other)
+        queue.acquire()  # waited for through the waiter's descriptor
+        queue.release()
     fd, waiter = queue._fd, queue._waiter
     queue.close()
     with pytest.raises(OSError):
