@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from contextlib import contextmanager, suppress
 from urllib.parse import urlparse
 
@@ -147,7 +148,8 @@ class WriterQueue:
     busy timeout would give it.  Under gevent, whose threads are greenlets
     of one, the writer tries the lock again and again instead.
 
-    The descriptors are opened once per process, never shared across a fork.
+    A fork's child starts afresh: it closes its copies of the parent's
+    descriptors and holds no turn (``_after_fork``).
     """
 
     def __init__(self, path, timeout):
@@ -155,9 +157,11 @@ class WriterQueue:
         self.timeout = timeout
         self._threads = threading.Lock()
         self._held = threading.local()
-        self._fd, self._pid = None, None
+        self._state = threading.Lock()  # guards _fd and _waiter against close()
+        self._fd = None
         self._waiter = None  # this process's _FileWaiter, made when first needed
         self._holder = None  # the descriptor holding the file lock, while a writer holds it
+        _queues.add(self)
 
     def acquire(self):
         deadline = time.monotonic() + self.timeout
@@ -165,46 +169,55 @@ class WriterQueue:
             raise OperationalError("database is locked: no turn to write in time")
         try:
             if self.path is not None:
-                self._lock_file(deadline)
+                self._holder = self._lock_file(deadline)
         except BaseException:
             self._threads.release()
             raise
         self._held.value = True
 
     def _lock_file(self, deadline):
-        if self._pid != os.getpid():
-            self._forget_inherited()
-            try:
-                self._fd, self._pid = open_lock_file(self.path), os.getpid()
-            except OSError as exc:
-                raise OperationalError(f"cannot open the writer lock: {exc}") from exc
+        """Take the file lock by ``deadline``; return the descriptor that holds it."""
+        fd = self._descriptor()
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._holder = self._fd
-            return
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
         except BlockingIOError:
             pass  # another process writes: wait for it in the kernel, not by polling
         if _threads_are_green():
-            self._poll_file(deadline)
-            self._holder = self._fd
-            return
-        if self._waiter is None or self._waiter.stopped:
-            try:
-                self._waiter = _FileWaiter(self.path)
-            except OSError as exc:
-                raise OperationalError(f"cannot open the writer lock: {exc}") from exc
-        self._holder = self._waiter.take(deadline)
-        if self._holder is None:
+            self._poll_file(fd, deadline)
+            return fd
+        holder = self._current_waiter().take(deadline)
+        if holder is None:
             raise OperationalError("database is locked: no turn to write in time")
+        return holder
 
-    def _poll_file(self, deadline):
+    def _descriptor(self):
+        with self._state:
+            if self._fd is None:
+                try:
+                    self._fd = open_lock_file(self.path)
+                except OSError as exc:
+                    raise OperationalError(f"cannot open the writer lock: {exc}") from exc
+            return self._fd
+
+    def _current_waiter(self):
+        with self._state:
+            if self._waiter is None or self._waiter.stopped:
+                try:
+                    self._waiter = _FileWaiter(self.path)
+                except (OSError, RuntimeError) as exc:
+                    raise OperationalError(f"cannot wait for the writer lock: {exc}") from exc
+            return self._waiter
+
+    @staticmethod
+    def _poll_file(fd, deadline):
         # Under gevent a blocking flock would stop every greenlet of the
         # process, past any deadline: try again after 50 us, doubling to 1 ms.
         pause = 0.00005
         while True:
             time.sleep(pause)
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -230,25 +243,39 @@ class WriterQueue:
         return True
 
     def close(self):
-        """Close the lock file, if this process opened it; the next writer opens it again."""
-        fd, waiter = self._fd, self._waiter
-        self._fd, self._pid, self._waiter, self._holder = None, None, None, None
+        """Close the lock file and end the waiter; the next writer opens them again."""
+        with self._state:
+            fd, waiter = self._fd, self._waiter
+            self._fd = self._waiter = self._holder = None
         if waiter is not None:
-            waiter.stop()
+            waiter.stop()  # its thread closes its own descriptor
         if fd is not None:
-            # A descriptor inherited across a fork is closed too: the lock it
-            # may carry belongs to the parent's open file, which keeps it.
             os.close(fd)
 
-    def _forget_inherited(self):
-        # A fork's child holds copies of its parent's descriptors (and no
-        # waiter thread): closing them leaves the parent's locks as they are.
-        fd, waiter = self._fd, self._waiter
-        self._fd, self._waiter, self._holder = None, None, None
-        for inherited in (fd, waiter and waiter.fd):
-            if inherited is not None:
+    def _after_fork(self):
+        # The child holds copies of the parent's descriptors and locks, not its
+        # threads: closing the copies leaves the parent's file lock as it is,
+        # and no turn the parent's threads held is the child's to release.
+        inherited = (self._fd, self._waiter and self._waiter.fd)
+        self._threads, self._state = threading.Lock(), threading.Lock()
+        self._held = threading.local()
+        self._fd = self._waiter = self._holder = None
+        for fd in inherited:
+            if fd is not None:
                 with suppress(OSError):
-                    os.close(inherited)
+                    os.close(fd)
+
+
+#: Every WriterQueue of the process, for the child of a fork to reset.
+_queues = weakref.WeakSet()
+
+
+def _reset_queues_in_child():
+    for queue in list(_queues):
+        queue._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_queues_in_child)
 
 
 def _threads_are_green():
@@ -275,7 +302,11 @@ class _FileWaiter:
         self._ready = False  # the thread holds it for that writer, not yet taken
         self.stopped = False
         self.thread = threading.Thread(target=self._run, name="sqlite-writer-lock", daemon=True)
-        self.thread.start()
+        try:
+            self.thread.start()
+        except BaseException:
+            os.close(self.fd)
+            raise
 
     def take(self, deadline):
         """Return the descriptor that holds the lock for the caller, or None at ``deadline``.
@@ -285,19 +316,21 @@ class _FileWaiter:
         with self._changed:
             self._wanted = True
             self._changed.notify_all()
-            while True:
-                if self.stopped:
-                    self._wanted = False
-                    return None
-                if self._ready:
-                    self._ready = self._wanted = False
-                    self._changed.notify_all()
-                    return self.fd
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._wanted = False
-                    return None
-                self._changed.wait(remaining)
+            try:
+                while not self.stopped:
+                    if self._ready:
+                        self._ready = False
+                        return self.fd
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    self._changed.wait(remaining)
+                return None
+            finally:
+                # Taken, timed out or interrupted (an exception in the wait):
+                # a lock the thread holds and nobody took is let go.
+                self._wanted = False
+                self._changed.notify_all()
 
     def stop(self):
         """End the thread; it closes its descriptor once it is not waiting in the kernel."""
@@ -330,12 +363,13 @@ class _FileWaiter:
                 return False
             self._ready = True
             self._changed.notify_all()
-            # Until the writer took it: a second flock on a descriptor that
-            # holds the lock would return at once, and its let-go would free
-            # the writer's lock.
-            while self._ready and not self.stopped:
+            # Until the writer took it or stopped waiting: a second flock on a
+            # descriptor that holds the lock would return at once, and its
+            # let-go would free the writer's lock.
+            while self._ready and self._wanted and not self.stopped:
                 self._changed.wait()
-            return True
+            taken, self._ready = not self._ready, False
+            return taken
 
 
 class QueuedSqliteDatabase(PooledSqliteDatabase):

@@ -5,7 +5,7 @@ import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import pytest
 from peewee import OperationalError
@@ -143,6 +143,50 @@ def test_a_lock_taken_after_its_writer_gave_up_is_let_go(queue):
         while not _took(other):
             assert time.monotonic() < deadline, "the lock was kept with no writer waiting"
             time.sleep(0.01)
+
+
+def test_a_writer_interrupted_while_it_waits_leaves_the_lock_to_no_one(queue, monkeypatch):
+    """An exception in the wait (a signal handler's) must not leave the lock held for nobody."""
+    queue.timeout = 10
+    with another_process_writing(queue) as other:
+        waiter = queue._current_waiter()
+        wait = waiter._changed.wait
+
+        def interrupted(timeout=None):
+            monkeypatch.setattr(waiter._changed, "wait", wait)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(waiter._changed, "wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            queue.acquire()
+        fcntl.flock(other, fcntl.LOCK_UN)  # the waiter takes it now, for nobody
+        deadline = time.monotonic() + 10
+        while not _took(other):
+            assert time.monotonic() < deadline, "the lock was kept for a writer that left"
+            time.sleep(0.01)
+
+
+def test_a_forked_child_holds_no_turn_and_none_of_its_parents_descriptors(queue):
+    queue.acquire()
+    try:
+        fd = queue._fd
+        child = os.fork()
+        if child == 0:  # the child: it must not release the parent's turn
+            code = 0 if not queue.release() and queue._fd is None else 1
+            with suppress(OSError):
+                os.fstat(fd)
+                code = code or 2  # the inherited copy is still open
+            os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        other = os.open(queue.path, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the parent still holds it
+        finally:
+            os.close(other)
+    finally:
+        queue.release()
 
 
 def _took(fd):
